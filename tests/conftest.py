@@ -1,0 +1,9 @@
+"""Shared pytest set-up: the repo root on sys.path, quiet TensorFlow, a fixed seed."""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)

@@ -1,0 +1,1 @@
+"""Audio features and their inverses, flow ops, migration, metrics and the demo corpus."""
