@@ -83,6 +83,7 @@ class ActNorm(FlowLayer):
         self.initialized = self.add_weight(
             shape=(), initializer="zeros", dtype="bool", trainable=False, name="initialized"
         )
+        self.built = True
 
     def initialize(self, x: tf.Tensor) -> tf.Tensor:
         """Set bias/scale from the batch ``x`` (B, H, W, C) unless already initialised."""
@@ -143,6 +144,7 @@ class Invertible1x1Conv(FlowLayer):
             self.kernel = self.add_weight(
                 shape=(channels, channels), initializer=_constant(rotation), name="W"
             )
+        self.built = True
 
     def weight(self) -> tf.Tensor:
         """The (C, C) matrix ``W`` (rebuilt from its LU factors once per call)."""
@@ -188,6 +190,7 @@ class ZeroConv2D(keras.layers.Layer):
         )
         self.bias = self.add_weight(shape=(out_channels,), initializer="zeros", name="bias")
         self.logs = self.add_weight(shape=(out_channels,), initializer="zeros", name="logs")
+        self.built = True
 
     def call(self, x):
         h = tf.nn.conv2d(x, self.kernel, strides=1, padding="SAME") + self.bias
@@ -214,6 +217,7 @@ class CouplingNetwork(keras.layers.Layer):
         self.conv_out = ZeroConv2D(hidden_channels, out_channels, kernel_size, name="conv_out")
         self.conv_in.build((None, None, None, in_channels))
         self.conv_hidden.build((None, None, None, hidden_channels))
+        self.built = True
 
     def call(self, x):
         return self.conv_out(self.conv_hidden(self.conv_in(x)))
@@ -241,6 +245,7 @@ class AffineCoupling(FlowLayer):
             self.split_at, hidden_channels, transformed * (2 if self.affine else 1), kernel_size,
             name="nn",
         )
+        self.built = True
 
     def _shift_scale(self, x_a):
         h = self.network(x_a)
@@ -276,6 +281,7 @@ class FlowStep(FlowLayer):
         self.coupling = AffineCoupling(
             channels, hidden_channels, kernel_size, coupling, scale_shift, name="coupling"
         )
+        self.built = True
 
     def initialize(self, x):
         x = self.actnorm.initialize(x)
@@ -328,6 +334,7 @@ class GaussianPrior(keras.layers.Layer):
         else:
             self.mean = self.add_weight(shape=(channels,), initializer="zeros", name="mean")
             self.logs = self.add_weight(shape=(channels,), initializer="zeros", name="logs")
+        self.built = True
 
     def _params(self, cond: Optional[tf.Tensor], like: tf.Tensor):
         if self.conditional:

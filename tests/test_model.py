@@ -1,0 +1,254 @@
+"""The Glow model: every layer's forward/inverse/log-det, and the model contract of DESIGN.md."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common_definitions import Config
+from model import (
+    ActNorm,
+    AffineCoupling,
+    FlowStep,
+    GaussianPrior,
+    Glow,
+    Invertible1x1Conv,
+    squeeze,
+    unsqueeze,
+)
+
+
+def _perturb(model, scale=0.05, seed=0):
+    """Move every trainable weight off its (identity-like) initial value."""
+    rng = np.random.default_rng(seed)
+    for v in model.trainable_variables:
+        v.assign(v.numpy() + scale * rng.standard_normal(v.shape).astype(np.float32))
+
+
+def _brute_force_logdet(fn, x):
+    """log|det d fn(x) / dx| of one example via GradientTape.jacobian + float64 slogdet."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.reshape(fn(x), [-1])
+    jac = tape.jacobian(y, x)
+    jac = tf.reshape(jac, [y.shape[0], -1]).numpy().astype(np.float64)
+    sign, logabsdet = np.linalg.slogdet(jac)
+    assert sign != 0
+    return logabsdet
+
+
+# ----------------------------------------------------------------------------- single layers
+LAYER_CASES = {
+    "actnorm": lambda c: ActNorm(c),
+    "invconv_lu": lambda c: Invertible1x1Conv(c, lu_decomposed=True, seed=1),
+    "invconv_plain": lambda c: Invertible1x1Conv(c, lu_decomposed=False, seed=1),
+    "affine": lambda c: AffineCoupling(c, 8, (3, 3), "affine"),
+    "additive": lambda c: AffineCoupling(c, 8, (3, 3), "additive"),
+    "step": lambda c: FlowStep(c, 8, (3, 3), "affine", True, 2.0, seed=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_CASES))
+def test_layer_inverse_and_logdet_match_jacobian(name):
+    channels = 4
+    layer = LAYER_CASES[name](channels)
+    x = tf.random.stateless_normal((1, 4, 4, channels), seed=[1, 2])
+    layer(x)  # build
+    for v in layer.trainable_variables:
+        v.assign(v + 0.1 * tf.random.stateless_normal(v.shape, seed=[3, 4]))
+    y, logdet = layer.forward(x)
+    assert logdet.shape == (1,)
+    np.testing.assert_allclose(layer.inverse(y).numpy(), x.numpy(), atol=1e-5)
+    expected = _brute_force_logdet(lambda t: layer.forward(t)[0], x)
+    assert abs(float(logdet[0]) - expected) < 1e-3
+
+
+def test_gaussian_prior_whiten_color_and_logdet():
+    prior = GaussianPrior(2, cond_channels=2)
+    cond = tf.random.stateless_normal((1, 4, 4, 2), seed=[5, 6])
+    z = tf.random.stateless_normal((1, 4, 4, 2), seed=[7, 8])
+    prior.whiten(z, cond)
+    for v in prior.trainable_variables:
+        v.assign(v + 0.1 * tf.random.stateless_normal(v.shape, seed=[9, 9]))
+    eps, logdet = prior.whiten(z, cond)
+    np.testing.assert_allclose(prior.color(eps, cond).numpy(), z.numpy(), atol=1e-5)
+    expected = _brute_force_logdet(lambda t: prior.whiten(t, cond)[0], z)
+    assert abs(float(logdet[0]) - expected) < 1e-4
+
+
+@pytest.mark.parametrize("time_only,shape", [(False, (2, 8, 4, 3)), (True, (2, 8, 1, 3))])
+def test_squeeze_is_an_exact_permutation(time_only, shape):
+    x = tf.reshape(tf.range(np.prod(shape), dtype=tf.float32), shape)
+    y = squeeze(x, time_only)
+    assert y.shape[1] == shape[1] // 2
+    assert sorted(y.numpy().ravel()) == sorted(x.numpy().ravel())
+    np.testing.assert_array_equal(unsqueeze(y, time_only).numpy(), x.numpy())
+
+
+def test_squeeze_keeps_neighbouring_time_steps_together():
+    # Time-only squeeze folds samples (2t, 2t+1) into the channels of step t.
+    x = tf.reshape(tf.range(8, dtype=tf.float32), (1, 8, 1, 1))
+    np.testing.assert_array_equal(squeeze(x, True).numpy()[0, :, 0, :], [[0, 1], [2, 3], [4, 5], [6, 7]])
+
+
+# ----------------------------------------------------------------------------- whole model
+MODEL_CASES = [
+    # (input_shape, coupling, lu)
+    ((16, 8, 1), "affine", True),
+    ((16, 8, 1), "additive", True),
+    ((16, 8, 1), "affine", False),
+    ((64, 1, 1), "affine", True),
+    ((64, 1, 1), "additive", False),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    models = {}
+    for shape, coupling, lu in MODEL_CASES:
+        model = Glow(input_shape=shape, k_glow=2, l_glow=2, hidden_channels=16,
+                     coupling=coupling, lu_decomposed=lu)
+        x = tf.random.stateless_normal((8, *shape), seed=[10, 11])
+        assert model.initialize(x)
+        _perturb(model, 0.05)
+        models[(shape, coupling, lu)] = model
+    return models
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=lambda c: f"{c[0]}-{c[1]}-lu{c[2]}")
+def test_encode_logdet_equals_brute_force_jacobian(tiny_models, case):
+    model = tiny_models[case]
+    x = tf.random.stateless_normal((1, *case[0]), seed=[12, 13])
+    z, logdet = model.encode(x)
+    assert z.shape == (1, int(np.prod(case[0])))
+    assert z.shape[1] >= 64
+    expected = _brute_force_logdet(lambda t: model.encode(t)[0], x)
+    assert abs(float(logdet[0]) - expected) <= 1e-3
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=lambda c: f"{c[0]}-{c[1]}-lu{c[2]}")
+def test_log_prob_and_bits_per_dim_are_consistent(tiny_models, case):
+    model = tiny_models[case]
+    x = tf.random.stateless_normal((3, *case[0]), seed=[14, 15])
+    z, logdet = model.encode(x)
+    dims = int(np.prod(case[0]))
+    expected = -0.5 * np.sum(z.numpy().astype(np.float64) ** 2, axis=1) - 0.5 * dims * math.log(2 * math.pi)
+    expected += logdet.numpy()
+    log_prob = model.log_prob(x).numpy()
+    np.testing.assert_allclose(log_prob, expected, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(model.bits_per_dim(x).numpy(), -log_prob / (dims * math.log(2)), rtol=1e-6)
+
+
+def test_decode_inverts_encode_at_realistic_size_and_twice_the_length():
+    model = Glow(input_shape=(64, 256, 1), k_glow=4, l_glow=3, hidden_channels=32)
+    x = tf.random.stateless_normal((2, 64, 256, 1), seed=[16, 17])
+    model.initialize(x)
+    _perturb(model, 0.02, seed=1)
+    z, _ = model.encode(x)
+    assert float(tf.reduce_max(tf.abs(model.decode(z) - x))) <= 1e-4
+    long_x = tf.random.stateless_normal((1, 128, 256, 1), seed=[18, 19])
+    long_z, long_logdet = model.encode(long_x)
+    assert long_z.shape == (1, 128 * 256)
+    assert float(tf.reduce_max(tf.abs(model.decode(long_z) - long_x))) <= 1e-4
+    assert np.isfinite(long_logdet.numpy()).all()
+
+
+def test_whole_song_lengths_share_weights_and_priors():
+    model = Glow(input_shape=(16, 1, 1), k_glow=2, l_glow=2, hidden_channels=8)
+    model.initialize(tf.random.stateless_normal((4, 16, 1, 1), seed=[1, 1]))
+    _perturb(model)
+    n_weights = len(model.weights)
+    for length in (4, 16, 100 * 4):
+        x = tf.random.stateless_normal((1, length, 1, 1), seed=[2, length])
+        z, _ = model.encode(x)
+        np.testing.assert_allclose(model.decode(z).numpy(), x.numpy(), atol=1e-5)
+    assert len(model.weights) == n_weights
+
+
+def test_untrained_model_maps_standard_normal_data_to_standard_normal_latents():
+    # At initialisation every coupling is the identity and every prior is N(0, 1): after ActNorm
+    # init on N(0, 1) data the latents are N(0, 1) too, so bits/dim is near 1/2 log2(2 pi e).
+    model = Glow(input_shape=(32, 16, 1), k_glow=2, l_glow=2, hidden_channels=8)
+    x = tf.random.stateless_normal((16, 32, 16, 1), seed=[3, 3])
+    model.initialize(x)
+    z, _ = model.encode(x)
+    assert abs(float(tf.reduce_mean(z))) < 0.05
+    assert abs(float(tf.math.reduce_variance(z)) - 1.0) < 0.05
+    expected = 0.5 * math.log2(2 * math.pi * math.e)
+    assert abs(float(tf.reduce_mean(model.bits_per_dim(x))) - expected) < 0.05
+
+
+# ----------------------------------------------------------------------------- ActNorm state
+def test_actnorm_init_gives_zero_mean_unit_variance():
+    layer = ActNorm(3)
+    x = tf.random.stateless_normal((16, 5, 5, 3), seed=[20, 21]) * [1.0, 3.0, 0.2] + [5.0, -2.0, 0.5]
+    y = layer.initialize(x)
+    mean, var = tf.nn.moments(y, axes=[0, 1, 2])
+    np.testing.assert_allclose(mean.numpy(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(var.numpy(), 1.0, atol=1e-3)
+    assert bool(layer.initialized.numpy())
+    # A second call on other data must not re-initialise.
+    before = layer.bias.numpy().copy()
+    layer.initialize(x * 10.0)
+    np.testing.assert_array_equal(layer.bias.numpy(), before)
+
+
+def test_restore_into_fresh_model_is_not_reinitialised(tmp_path):
+    kwargs = dict(input_shape=(16, 8, 1), k_glow=2, l_glow=2, hidden_channels=8)
+    model = Glow(**kwargs)
+    x = tf.random.stateless_normal((8, 16, 8, 1), seed=[22, 23]) * 3.0 + 1.0
+    assert model.initialize(x)
+    _perturb(model)
+    z_before, _ = model.encode(x)
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+
+    fresh = Glow(**kwargs, seed=99)
+    assert not fresh.is_initialized()
+    tf.train.Checkpoint(model=fresh).restore(path).assert_consumed()
+    assert fresh.is_initialized()
+    # initialize() after a restore is a no-op, even on very different data.
+    assert not fresh.initialize(x * 100.0)
+    np.testing.assert_allclose(fresh.encode(x)[0].numpy(), z_before.numpy(), atol=1e-6)
+
+    weights = str(tmp_path / "glow.weights.h5")
+    model.save_weights(weights)
+    other = Glow(**kwargs, seed=7)
+    other.load_weights(weights)
+    assert other.is_initialized()
+    np.testing.assert_allclose(other.encode(x)[0].numpy(), z_before.numpy(), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- sampling, config
+def test_sample_shapes_and_zero_temperature_is_the_prior_mean(tiny_models):
+    model = tiny_models[((16, 8, 1), "affine", True)]
+    samples = model.sample(3, temperature=0.7, seed=1)
+    assert samples.shape == (3, 16, 8, 1)
+    assert np.isfinite(samples.numpy()).all()
+    assert model.sample(2, temperature=0.7, time_steps=32).shape == (2, 32, 8, 1)
+    mean_x = model.sample(2, temperature=0.0)
+    np.testing.assert_allclose(mean_x.numpy(), model.decode(tf.zeros((2, 16 * 8))).numpy(), atol=1e-6)
+    # The two draws at T = 0 coincide: there is no randomness left.
+    np.testing.assert_allclose(mean_x[0].numpy(), mean_x[1].numpy(), atol=1e-6)
+    # and re-encoding the mean gives z = 0.
+    np.testing.assert_allclose(model.encode(mean_x)[0].numpy(), 0.0, atol=1e-4)
+
+
+def test_glow_from_config_uses_its_fields():
+    config = Config(feature="waveform", window_size=256, channel_size=2, k_glow=2, l_glow=3,
+                    hidden_channels=8, coupling="additive", lu_decomposed=False)
+    model = Glow(config)
+    assert model.image_shape == (128, 1, 2)
+    assert (model.k_glow, model.l_glow, model.hidden_channels) == (2, 3, 8)
+    assert model.coupling == "additive" and not model.lu_decomposed
+    assert len(model.levels) == 3 and all(len(steps) == 2 for steps in model.levels)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(input_shape=(10, 8, 1)), "divide by 2\\*\\*l_glow"),
+    (dict(input_shape=(16, 6, 1)), "W=6"),
+    (dict(input_shape=(16, 8, 1), coupling="spline"), "coupling"),
+])
+def test_bad_model_arguments_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Glow(**{"k_glow": 1, "l_glow": 2, "hidden_channels": 4, **kwargs})
