@@ -82,6 +82,8 @@ class Config:
         checkpoint_every: save a checkpoint every this many steps (and at each epoch's end).
         max_checkpoints: checkpoints kept by the CheckpointManager.
         max_nonfinite_steps: consecutive non-finite steps after which training stops.
+        log_every: steps run per call of the compiled train loop; their mean losses are written
+            to TensorBoard and the progress bar once per call.
         temperature: sampling temperature for the summaries.
         seed: seeds model initialisation, data order and patch sampling.
 
@@ -122,6 +124,7 @@ class Config:
     checkpoint_every: int = 100
     max_checkpoints: int = 3
     max_nonfinite_steps: int = 20
+    log_every: int = 10
     temperature: float = 0.7
     seed: int = 0
     # paths
@@ -155,7 +158,7 @@ class Config:
             "sampling_rate", "n_fft", "hop_length", "window_size", "channel_size", "k_glow",
             "l_glow", "hidden_channels", "batch_size", "epochs", "steps_per_epoch",
             "checkpoint_every", "max_checkpoints", "max_nonfinite_steps", "griffin_lim_iters",
-            "shuffle_buffer",
+            "shuffle_buffer", "log_every",
         )
         for name in positive:
             value = getattr(self, name)

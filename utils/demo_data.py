@@ -39,7 +39,7 @@ import soundfile
 DEMO_SINGERS = ("virtual", "real")
 
 # Bump when the synthesiser changes, so that corpora written by older code are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 PEAK_DBFS = -3.0
 
@@ -65,8 +65,22 @@ NATURAL_MINOR = (0, 2, 3, 5, 7, 8, 10)
 # harmonics through formants, coarse enough to keep the envelope maths negligible.
 _CONTROL_SECONDS = 0.005
 
-# Aspiration noise of the real singer, relative to the peak of its harmonic signal.
-_ASPIRATION_LEVEL = 0.035
+# Melodies wander at most this many scale degrees (about a sixth) from a central pitch shared by
+# every song, as a singer transposes songs to suit the voice. A common tessitura also keeps the
+# singer classifier from learning "high songs" instead of "this singer".
+_TESSITURA_DEGREES = 5
+_TESSITURA_CENTRE = 62  # D4, 294 Hz
+
+# Timbre. Source tilt is the exponent of the harmonic amplitude (1/h is -6 dB/octave); the real
+# singer is a little darker, has a longer vocal tract (lower formants) and a singer's formant.
+_VIRTUAL_TILT = -1.0
+_REAL_TILT = -1.3
+_REAL_FORMANT_SCALE = 0.94
+_SINGERS_FORMANT = 2.0  # extra linear gain of a 2.9 kHz bump
+# Aspiration noise of the real singer relative to the peak of its harmonic signal (a harmonics-
+# to-noise ratio of about 17 dB), and its recording's noise floor in dB below that peak.
+_ASPIRATION_LEVEL = 0.03
+_NOISE_FLOOR_DB = -55.0
 
 
 class Note(NamedTuple):
@@ -94,7 +108,7 @@ def random_melody(rng: np.random.Generator, seconds: float) -> List[Note]:
 
     Phrases of 4-9 notes from a major or minor scale (mostly steps, some leaps, ending on a chord
     tone), at 80-120 beats per minute, separated by rests of 0.3-0.9 s; a short rest opens the
-    song. Pitches stay within MIDI 51-74 (about 155-590 Hz).
+    song. Pitches stay within about a sixth of D4 and always within MIDI 51-74 (155-587 Hz).
 
     Returns a list of :class:`Note` whose ``seconds`` sum to ``seconds`` (the last event is cut to
     fit).
@@ -110,16 +124,22 @@ def random_melody(rng: np.random.Generator, seconds: float) -> List[Note]:
     beat = 60.0 / rng.uniform(80.0, 120.0)
     durations = np.array([0.5, 1.0, 1.0, 1.0, 1.5, 2.0, 3.0])
 
-    position = int(np.argmin([abs(p - (tonic + 7)) for p in ladder]))
+    # Every song sits in the same tessitura (as a singer transposes songs to suit the voice).
+    centre = int(np.argmin([abs(p - _TESSITURA_CENTRE) for p in ladder]))
+    position = centre
     notes: List[Note] = [Note(None, float(rng.uniform(0.15, 0.35)))]
     total = notes[0].seconds
     while total < seconds:
-        for index in range(int(rng.integers(4, 10))):
+        for _ in range(int(rng.integers(4, 10))):
             step = int(rng.choice([-2, -1, -1, 0, 1, 1, 2, -3, 3, -4, 4],
                                   p=[.1, .2, .2, .08, .2, .12, .04, .02, .02, .01, .01]))
+            # Stay within the tessitura: a step that would leave it turns back.
+            if abs(position + step - centre) > _TESSITURA_DEGREES:
+                step = -step
             position = int(np.clip(position + step, 0, len(ladder) - 1))
             beats = float(rng.choice(durations))
-            notes.append(Note(float(ladder[position]), beats * beat, VOWELS[rng.integers(len(VOWELS))]))
+            vowel = VOWELS[rng.integers(len(VOWELS))]
+            notes.append(Note(float(ladder[position]), beats * beat, vowel))
         # End the phrase on the nearest chord tone, held longer.
         tones = [i for i, p in enumerate(ladder) if p % 12 in chord]
         position = min(tones, key=lambda i: abs(i - position))
@@ -171,7 +191,8 @@ def _smooth_noise(rng: np.random.Generator, n: int, cutoff_steps: float) -> np.n
     return noise / (noise.std() + 1e-12)
 
 
-def _formant_envelope(freqs: np.ndarray, formants: np.ndarray, bandwidths: np.ndarray) -> np.ndarray:
+def _formant_envelope(freqs: np.ndarray, formants: np.ndarray,
+                      bandwidths: np.ndarray) -> np.ndarray:
     """Magnitude of a cascade of two-pole resonators (unit gain at 0 Hz).
 
     freqs: (..., N) Hz; formants: (..., F) Hz broadcastable to freqs' leading axes; bandwidths:
@@ -183,7 +204,8 @@ def _formant_envelope(freqs: np.ndarray, formants: np.ndarray, bandwidths: np.nd
     return np.prod(magnitude, axis=-1)
 
 
-def _control_tracks(notes: List[Note], singer: str, n_ctrl: int, dt: float, rng: np.random.Generator):
+def _control_tracks(notes: List[Note], singer: str, n_ctrl: int, dt: float,
+                    rng: np.random.Generator):
     """Pitch (MIDI), amplitude (linear) and formants (Hz, (n_ctrl, 4)) at the control rate."""
     real = singer == "real"
     times = np.arange(n_ctrl) * dt
@@ -193,8 +215,6 @@ def _control_tracks(notes: List[Note], singer: str, n_ctrl: int, dt: float, rng:
     vowel_targets = np.zeros((n_ctrl, 4))
     vibrato = np.zeros(n_ctrl)
 
-    sung = [i for i, n in enumerate(notes) if n.pitch is not None]
-    first = sung[0] if sung else None
     for i, (note, start) in enumerate(zip(notes, starts)):
         mask = (times >= start) & (times < start + note.seconds)
         if note.pitch is None:
@@ -207,8 +227,8 @@ def _control_tracks(notes: List[Note], singer: str, n_ctrl: int, dt: float, rng:
         if not real:
             # Every note is re-articulated: 10 ms attack, 20 ms release.
             attack, release = 0.010, 0.020
-            env = np.minimum(1.0, local / attack) * np.clip((note.seconds - local) / release, 0.0, 1.0)
-            amp[mask] = env
+            amp[mask] = np.minimum(1.0, local / attack) * np.clip(
+                (note.seconds - local) / release, 0.0, 1.0)
             continue
         # Per-note intonation error and dynamics.
         pitch[mask] += rng.normal(0.0, 0.08)
@@ -302,8 +322,8 @@ def synthesize_song(
     notes = _as_notes(melody)
     total_seconds = sum(n.seconds for n in notes)
     n_samples = int(round(total_seconds * sampling_rate))
-    if n_samples == 0:
-        return np.zeros(0, dtype=np.float32)
+    if n_samples == 0 or all(n.pitch is None for n in notes):
+        return np.zeros(n_samples, dtype=np.float32)
     hop = max(int(round(_CONTROL_SECONDS * sampling_rate)), 1)
     n_ctrl = n_samples // hop + 2
     dt = hop / sampling_rate
@@ -312,7 +332,7 @@ def synthesize_song(
     pitch, amp, formants = _control_tracks(notes, singer, n_ctrl, dt, rng)
     if real:
         # A longer vocal tract than the virtual voice's, and a singer's formant cluster.
-        formants = formants * 0.94
+        formants = formants * _REAL_FORMANT_SCALE
     f0 = midi_to_hz(pitch)
 
     # Harmonic amplitudes at the control rate: glottal tilt x formant envelope x Nyquist taper.
@@ -320,10 +340,11 @@ def synthesize_song(
     n_harm = int(nyquist // midi_to_hz(LOWEST_PITCH - 2))
     harmonics = np.arange(1, n_harm + 1)
     freqs = f0[:, None] * harmonics[None, :]
-    tilt = harmonics ** (-1.3 if real else -1.0)
+    tilt = harmonics ** (_REAL_TILT if real else _VIRTUAL_TILT)
     envelope = _formant_envelope(freqs, formants, FORMANT_BANDWIDTHS)
     if real:
-        envelope = envelope * (1.0 + 2.0 * np.exp(-0.5 * ((freqs - 2900.0) / 350.0) ** 2))
+        bump = np.exp(-0.5 * ((freqs - 2900.0) / 350.0) ** 2)
+        envelope = envelope * (1.0 + _SINGERS_FORMANT * bump)
     taper = np.clip((0.95 * nyquist - freqs) / (0.05 * nyquist), 0.0, 1.0)
     harm_amp = (tilt * envelope * taper) * amp[:, None]  # (n_ctrl, n_harm)
 
@@ -347,7 +368,10 @@ def synthesize_song(
         current *= base
 
     if real:
-        out += _aspiration(notes, n_samples, sampling_rate, amp, formants, hop, rng) * np.abs(out).max()
+        peak = np.abs(out).max()
+        out += _aspiration(notes, n_samples, sampling_rate, amp, formants, hop, rng) * peak
+        # A recording is never digitally silent: a pink-ish room and microphone noise floor.
+        out += _pink_noise(rng, n_samples) * (peak * 10.0 ** (_NOISE_FLOOR_DB / 20.0))
 
     peak = np.abs(out).max()
     if peak > 0:
@@ -365,10 +389,14 @@ def _aspiration(notes, n_samples, sampling_rate, amp, formants, hop, rng) -> np.
                                                  noverlap=nperseg - step, boundary="even")
     ctrl_times = np.arange(len(amp)) * hop / sampling_rate
     amp_f = np.interp(frame_times, ctrl_times, amp)
-    form_f = np.stack([np.interp(frame_times, ctrl_times, formants[:, k]) for k in range(4)], axis=1)
+    form_f = np.stack([np.interp(frame_times, ctrl_times, formants[:, k]) for k in range(4)],
+                      axis=1)
     # Turbulence is broadband and rises with frequency; the tract still imposes its formants.
-    colour = np.clip(freqs / 2000.0, 0.05, 1.0)[None, :] ** 1.0
-    shaped = colour * _formant_envelope(freqs[None, :], form_f, FORMANT_BANDWIDTHS * 1.5) ** 0.5
+    # Unlike the voiced source it does not die out above the formants, which is what makes a
+    # breathy voice sound airy.
+    colour = np.clip(freqs / 2000.0, 0.05, 1.0)[None, :]
+    peaks = np.maximum(_formant_envelope(freqs[None, :], form_f, FORMANT_BANDWIDTHS * 1.5), 1.0)
+    shaped = colour * peaks ** 0.5
     singing_noise = _ASPIRATION_LEVEL * amp_f[:, None] * shaped
 
     # Inhalations: a soft, bright hiss in the 0.35 s before each phrase start.
@@ -392,6 +420,16 @@ def _aspiration(notes, n_samples, sampling_rate, amp, formants, hop, rng) -> np.
     if len(shaped_noise) < n_samples:
         shaped_noise = np.pad(shaped_noise, (0, n_samples - len(shaped_noise)))
     return shaped_noise.astype(np.float32)
+
+
+def _pink_noise(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Unit-RMS noise with a 1/f power spectrum (float32, (n,))."""
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.arange(len(spectrum), dtype=np.float64)
+    spectrum[1:] /= np.sqrt(freqs[1:])
+    spectrum[0] = 0.0
+    noise = np.fft.irfft(spectrum, n)
+    return (noise / (noise.std() + 1e-12)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------- corpus

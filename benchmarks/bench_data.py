@@ -1,0 +1,108 @@
+"""Data pipeline speed, in seconds of audio prepared per second of wall time (x real time).
+
+Generates its own corpus in a temporary folder (by default 10 minutes of 16 kHz 16-bit mono wav
+in 20 songs, plus the same length of 44.1 kHz stereo wav to time decoding with resampling), then
+times:
+
+- making records from scratch (decode, check, write shards, feature statistics); target
+  >= 300x real time for 16 kHz wav;
+- re-making them with nothing changed (manifest only);
+- loading training patches through tf.data for both features (random windows, shuffle, batch,
+  featurise, normalise), counting the audio the patches cover.
+
+    python benchmarks/bench_data.py [--minutes 10] [--batches 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+from common_definitions import Config  # noqa: E402
+from data_loader import SongDataLoader  # noqa: E402
+
+MAKE_TARGET = 300.0
+
+
+def write_corpus(folder: str, minutes: float, rate: int, channels: int, songs: int, seed: int) -> float:
+    """Write ``songs`` wav files of sung-like tones (vibrato, harmonics, noise); returns seconds."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    seconds = minutes * 60 / songs
+    t = np.arange(int(seconds * rate)) / rate
+    for i in range(songs):
+        f0 = 150 + 250 * rng.random() + 5 * np.sin(2 * np.pi * 5.5 * t)
+        phase = 2 * np.pi * np.cumsum(f0) / rate
+        tone = sum(np.sin(k * phase) / k for k in range(1, 6))
+        signal = 0.2 * tone + 0.01 * rng.standard_normal(len(t))
+        data = np.repeat(signal[:, None], channels, axis=1).astype(np.float32)
+        sf.write(os.path.join(folder, f"song_{i:03d}.wav"), data, rate, subtype="PCM_16")
+    return songs * len(t) / rate
+
+
+def time_make(config: Config, folder: str, records: str):
+    start = time.perf_counter()
+    summary = SongDataLoader(config).make([folder], records, log=lambda line: None)
+    return summary, time.perf_counter() - start
+
+
+def time_load(config: Config, records: str, batches: int) -> float:
+    dataset = SongDataLoader(config).load(records)
+    iterator = iter(dataset)
+    next(iterator)  # tracing and the first shuffle-buffer fill are start-up, not throughput
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    wall = time.perf_counter() - start
+    return batches * config.batch_size * config.patch_seconds / wall
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="audio per corpus")
+    parser.add_argument("--batches", type=int, default=200, help="batches timed per feature")
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Config()
+        audio16 = os.path.join(tmp, "wav16k")
+        seconds = write_corpus(audio16, args.minutes, 16000, 1, 20, seed=0)
+        records = os.path.join(tmp, "records16k")
+        summary, wall = time_make(config, audio16, records)
+        rows.append(("make records, 16 kHz mono wav", seconds / wall, f">= {MAKE_TARGET:.0f}x"))
+        _, wall = time_make(config, audio16, records)
+        rows.append(("re-make, nothing changed", seconds / wall, "no decode"))
+
+        audio44 = os.path.join(tmp, "wav44k")
+        seconds44 = write_corpus(audio44, args.minutes, 44100, 2, 20, seed=1)
+        _, wall = time_make(config, audio44, os.path.join(tmp, "records44k"))
+        rows.append(("make records, 44.1 kHz stereo wav -> 16 kHz", seconds44 / wall, ""))
+
+        for feature in ("spectrogram", "waveform"):
+            feature_config = config.replace(feature=feature, window_size=None)
+            speed = time_load(feature_config, records, args.batches)
+            shape = "x".join(map(str, feature_config.input_shape))
+            rows.append((f"load {feature} patches ({feature_config.batch_size} x {shape})", speed, ""))
+
+    print(f"data pipeline speed on {os.cpu_count()} CPU cores, "
+          f"{args.minutes:g} min corpus ({summary.written} songs)")
+    print(f"{'stage':<48} {'x real time':>12}  target")
+    for name, speed, target in rows:
+        print(f"{name:<48} {speed:>11.0f}x  {target}")
+    make_speed = rows[0][1]
+    verdict = "meets" if make_speed >= MAKE_TARGET else "MISSES"
+    print(f"records making: {make_speed:.0f}x real time, target {MAKE_TARGET:.0f}x: {verdict} the target")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

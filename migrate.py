@@ -1,0 +1,207 @@
+"""Migrate a song toward a reference set of songs in SinGlow's latent space.
+
+    python migrate.py --checkpoint_dir CK --source SONG --reference REF \\
+        --method {midpoint,shift,match} --strength A --output OUT.wav \\
+        [--source_stats S.npz] [--save_reference_stats PATH] [--griffin_lim]
+
+``REF`` is a folder of songs (searched recursively) or a statistics ``.npz`` saved by
+``--save_reference_stats``. ``shift`` and ``match`` also need the source's statistics: from
+``--source_stats`` (an ``.npz`` or a folder of songs) or, by default, from the source song itself.
+Strength 0 returns the source; strength 1 is the method's full move (see utils/migration.py).
+
+Writes ``OUT.wav`` (16-bit PCM at the model's rate, exactly as long as the source) and, beside it,
+``OUT.png`` comparing the source and migrated spectrograms. Bad input is reported as one line
+``migrate.py: error: ...`` with exit status 1 (2 for a malformed command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import warnings
+from typing import List, Optional, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PROG = "migrate.py"
+METHOD_NAMES = ("midpoint", "shift", "match")
+
+
+class CliError(Exception):
+    """A user-facing failure reported as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _strength(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint_dir", required=True,
+                        help="trained checkpoint (config.json and feature_stats.json inside)")
+    parser.add_argument("--source", required=True, help="the song to migrate (wav/mp3/flac/ogg)")
+    parser.add_argument("--reference", required=True,
+                        help="folder of reference songs, or a statistics .npz")
+    parser.add_argument("--method", choices=METHOD_NAMES, default="match",
+                        help="latent move (default %(default)s)")
+    parser.add_argument("--strength", type=_strength, default=1.0,
+                        help="0 = the source, 1 = the method's full move (default %(default)s)")
+    parser.add_argument("--output", required=True, help="output .wav; a .png goes beside it")
+    parser.add_argument("--source_stats",
+                        help="source statistics (.npz or folder of songs) for shift/match; "
+                             "default: the source song itself")
+    parser.add_argument("--save_reference_stats", metavar="PATH",
+                        help="save the reference statistics to this .npz for reuse")
+    parser.add_argument("--griffin_lim", action="store_true",
+                        help="invert spectrograms with Griffin-Lim instead of the source phase")
+    parser.add_argument("--chunk_steps", type=int,
+                        help="time steps per encoded chunk (default: the training patch)")
+    parser.add_argument("--overlap_steps", type=int,
+                        help="crossfaded steps between chunks (default: a quarter chunk)")
+    parser.add_argument("--batch_size", type=int, default=8, help="chunks per model call")
+    return parser
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def load_stats(path: str, model, config, feature_stats, what: str):
+    """LatentStats from a saved ``.npz`` or computed over a folder of songs."""
+    from utils import migration
+
+    if os.path.isdir(path):
+        def skipped(song_path, reason):
+            _warn(f"{what}: skipping {song_path}: {reason}")
+
+        print(f"computing {what} statistics over {path} ...", file=sys.stderr)
+        return migration.folder_latent_stats(model, config, feature_stats, path,
+                                             on_skip=skipped)
+    if os.path.isfile(path):
+        return migration.LatentStats.load(path, config)
+    raise CliError(f"{what} not found: {path}")
+
+
+def spectrogram_figure(source, migrated, config, path: str, title: str) -> None:
+    """Two panels (source above, migrated below) of log-magnitude spectrograms in dB, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from utils.audio import spectrogram
+
+    panels = []
+    for samples in (source, migrated):
+        log_mag = spectrogram(samples, config)[0].numpy()
+        # A long song has far more frames than pixels: average blocks of frames to <= 4000.
+        block = max(1, math.ceil(len(log_mag) / 4000))
+        usable = len(log_mag) // block * block or len(log_mag)
+        if block > 1:
+            log_mag = log_mag[:usable].reshape(-1, block, log_mag.shape[1]).mean(axis=1)
+        panels.append(20.0 / math.log(10.0) * log_mag.T)
+    seconds = len(source) / config.sampling_rate
+    khz = config.sampling_rate / 2000.0
+    low = min(float(np.percentile(p, 1)) for p in panels)
+    high = max(float(p.max()) for p in panels)
+    fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True, sharey=True)
+    for ax, panel, name in zip(axes, panels, ("source", "migrated")):
+        image = ax.imshow(panel, origin="lower", aspect="auto", cmap="magma", vmin=low,
+                          vmax=high, extent=(0.0, seconds, 0.0, khz))
+        ax.set_title(name)
+        ax.set_ylabel("frequency (kHz)")
+    axes[-1].set_xlabel("time (s)")
+    fig.suptitle(title)
+    fig.colorbar(image, ax=list(axes), label="magnitude (dB)")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> List[str]:
+    """Do the migration; returns the paths written. Raises CliError / ValueError for bad input."""
+    import numpy as np
+
+    from pipeline import load_for_inference
+    from utils import migration
+    from utils.audio import load_audio, save_wav
+    from utils.metrics import snr_db
+
+    if args.batch_size < 1:
+        raise CliError(f"--batch_size must be positive, got {args.batch_size}")
+    if not os.path.isfile(args.source):
+        raise CliError(f"source song not found: {args.source}")
+    output_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(output_dir):
+        raise CliError(f"output folder does not exist: {output_dir}")
+    if os.path.isdir(args.output):
+        raise CliError(f"--output is a folder, expected a .wav path: {args.output}")
+
+    model, config, feature_stats = load_for_inference(args.checkpoint_dir)
+    migration.default_chunking(config, args.chunk_steps, args.overlap_steps)
+    try:
+        samples = load_audio(args.source, config.sampling_rate)
+        samples = migration.check_source(samples, config)
+    except ValueError as error:  # AudioError and MigrationError are ValueErrors
+        raise CliError(f"source {args.source}: {error}") from None
+
+    reference = load_stats(args.reference, model, config, feature_stats, "reference")
+    if args.save_reference_stats:
+        reference.save(args.save_reference_stats)
+        print(f"saved reference statistics to {args.save_reference_stats}", file=sys.stderr)
+    source_stats = None
+    if args.source_stats and migration.NEEDS_SOURCE[args.method]:
+        source_stats = load_stats(args.source_stats, model, config, feature_stats, "source stats")
+    elif args.source_stats:
+        _warn(f"--source_stats is not used by method {args.method!r}")
+
+    result = migration.migrate_song(
+        model, config, feature_stats, samples, args.method, args.strength, reference,
+        source_stats=source_stats, griffin_lim=args.griffin_lim, chunk_steps=args.chunk_steps,
+        overlap_steps=args.overlap_steps, batch_size=args.batch_size)
+    save_wav(args.output, result.samples, config.sampling_rate)
+    figure = os.path.splitext(args.output)[0] + ".png"
+    spectrogram_figure(samples, result.samples, config, figure,
+                       f"{args.method}, strength {args.strength:g}")
+    snr = snr_db(samples, result.samples)
+    print(f"wrote {args.output} ({len(result.samples) / config.sampling_rate:.2f} s, "
+          f"{args.method} at strength {args.strength:g}, SNR vs source {snr:.1f} dB) and {figure}")
+    return [args.output, figure]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, or a bad flag already reported on one line
+        return int(stop.code or 0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            run(args)
+            status = 0
+        except (CliError, ValueError, OSError) as error:
+            message = " ".join(str(error).split()) or type(error).__name__
+            print(f"{PROG}: error: {message}", file=sys.stderr)
+            status = 1
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            _warn(" ".join(str(warning.message).split()))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

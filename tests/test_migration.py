@@ -1,0 +1,268 @@
+"""utils/migration.py: the methods' algebra, streaming statistics, persistence, chunked
+whole-song processing, and (with a small model trained here) migration on the demo corpus."""
+
+import math
+import os
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common_definitions import Config
+from model import Glow
+from utils import migration
+from utils.audio import AudioError, FeatureStats, load_audio, song_to_features
+from utils.metrics import snr_db
+
+# A toy latent layout: two levels, (w, c) per level, like model.latent_shapes.
+LAYOUT = [(4, 2), (2, 4)]
+STEPS = 8  # time steps per toy patch: level 0 has 4 positions, level 1 has 2
+
+
+def _toy_latents(n, rng, loc=0.0, scale=1.0):
+    """(n, D) latents of STEPS-step patches with per-dimension means and scales."""
+    dims = sum(h * w * c for h, w, c in migration.piece_shapes(LAYOUT, STEPS))
+    per_dim_loc = loc + rng.normal(0.0, 1.0, dims)
+    per_dim_scale = scale * rng.uniform(0.5, 2.0, dims)
+    return (per_dim_loc + per_dim_scale * rng.standard_normal((n, dims))).astype(np.float32)
+
+
+def _stats(z, config=None):
+    return migration.LatentStats(config or Config(), LAYOUT).update(z, STEPS)
+
+
+def _pooled(z):
+    """Per-level (w, c) mean and variance of z pooled over batch and time, by plain numpy."""
+    pieces = migration.split_latent(np.asarray(z, np.float64), LAYOUT, STEPS)
+    flat = [p.reshape(-1, *p.shape[2:]) for p in pieces]
+    return [f.mean(axis=0) for f in flat], [f.var(axis=0) for f in flat]
+
+
+# ----------------------------------------------------------------------------- algebra
+@pytest.mark.parametrize("method", sorted(migration.METHODS))
+def test_strength_zero_is_the_identity(method):
+    rng = np.random.default_rng(0)
+    z = _toy_latents(16, rng)
+    src, ref = _stats(z).moments(STEPS), _stats(_toy_latents(16, rng, 1.0, 2.0)).moments(STEPS)
+    out = migration.apply_method(method, z, src, ref, 0.0)
+    np.testing.assert_array_equal(out, z)
+
+
+def test_midpoint_at_full_strength_is_the_seeds_average():
+    rng = np.random.default_rng(1)
+    z = _toy_latents(8, rng)
+    ref = _stats(_toy_latents(8, rng, 2.0)).moments(STEPS)
+    np.testing.assert_allclose(migration.midpoint(z, None, ref, 1.0), (z + ref.mean) / 2, atol=1e-6)
+    np.testing.assert_allclose(migration.midpoint(z, None, ref, 0.5), z + (ref.mean - z) / 4,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("strength", [0.25, 1.0, 1.5])
+def test_shift_moves_the_mean_by_strength_times_delta(strength):
+    rng = np.random.default_rng(2)
+    z_src, z_ref = _toy_latents(64, rng), _toy_latents(64, rng, 1.0, 3.0)
+    src, ref = _stats(z_src), _stats(z_ref)
+    out = migration.apply_method("shift", z_src, src.moments(STEPS), ref.moments(STEPS), strength)
+    moved = _stats(out)
+    for level in range(len(LAYOUT)):
+        np.testing.assert_allclose(
+            moved.mean[level] - src.mean[level],
+            strength * (ref.mean[level] - src.mean[level]), atol=1e-5)
+        # Every deviation from the mean is kept.
+        np.testing.assert_allclose(moved.var[level], src.var[level], rtol=1e-5)
+
+
+def test_match_at_full_strength_gives_the_reference_moments_on_the_source_set():
+    rng = np.random.default_rng(3)
+    z_src, z_ref = _toy_latents(64, rng), _toy_latents(48, rng, -1.0, 4.0)
+    src, ref = _stats(z_src), _stats(z_ref)
+    out = migration.apply_method("match", z_src, src.moments(STEPS), ref.moments(STEPS), 1.0)
+    means, variances = _pooled(out)
+    for level in range(len(LAYOUT)):
+        np.testing.assert_allclose(means[level], ref.mean[level], atol=1e-5)
+        np.testing.assert_allclose(np.sqrt(variances[level]), ref.std[level], rtol=1e-5)
+    # Half strength lands halfway in latent space.
+    half = migration.apply_method("match", z_src, src.moments(STEPS), ref.moments(STEPS), 0.5)
+    np.testing.assert_allclose(half, (z_src + out) / 2, atol=1e-5)
+
+
+def test_methods_refuse_bad_arguments():
+    rng = np.random.default_rng(4)
+    z = _toy_latents(4, rng)
+    ref = _stats(z).moments(STEPS)
+    with pytest.raises(migration.MigrationError, match="needs source statistics"):
+        migration.apply_method("match", z, None, ref, 1.0)
+    with pytest.raises(migration.MigrationError, match="unknown method"):
+        migration.apply_method("average", z, ref, ref, 1.0)
+    with pytest.raises(migration.MigrationError, match="finite"):
+        migration.apply_method("shift", z, ref, ref, float("nan"))
+
+
+# ----------------------------------------------------------------------------- statistics
+def test_streamed_statistics_equal_numpy_over_all_latents():
+    rng = np.random.default_rng(5)
+    z = _toy_latents(101, rng, 3.0, 0.01) + 1e3  # a large offset tests the numerics too
+    stats = migration.LatentStats(Config(), LAYOUT)
+    for start, stop in [(0, 1), (1, 30), (30, 31), (31, 101)]:
+        stats.update(z[start:stop], STEPS)
+    means, variances = _pooled(z)
+    # Two halves accumulated separately and merged give the same answer.
+    merged = _stats(z[:50]).merge(_stats(z[50:]))
+    for level in range(len(LAYOUT)):
+        for result in (stats, merged):
+            np.testing.assert_allclose(result.mean[level], means[level], rtol=1e-12)
+            np.testing.assert_allclose(result.var[level], variances[level], rtol=1e-6)
+    assert list(stats.count) == [101 * 4, 101 * 2]
+
+
+def test_statistics_apply_to_any_length():
+    rng = np.random.default_rng(6)
+    stats = _stats(_toy_latents(8, rng))
+    long = stats.moments(4 * STEPS)
+    pieces = migration.split_latent(long.mean[None], LAYOUT, 4 * STEPS)
+    for level, piece in enumerate(pieces):
+        # Every time position of a level carries the same (w, c) statistics.
+        np.testing.assert_array_equal(piece[0], np.broadcast_to(stats.mean[level], piece[0].shape))
+
+
+def test_npz_round_trip_and_refusal_of_another_config(tmp_path):
+    rng = np.random.default_rng(7)
+    config = Config(k_glow=2, l_glow=2, hidden_channels=16)
+    stats = _stats(_toy_latents(20, rng), config)
+    path = str(tmp_path / "ref.npz")
+    stats.save(path)
+    loaded = migration.LatentStats.load(path, config)
+    assert loaded.config == config and loaded.latent_shapes == stats.latent_shapes
+    np.testing.assert_array_equal(loaded.count, stats.count)
+    for level in range(len(LAYOUT)):
+        np.testing.assert_array_equal(loaded.mean[level], stats.mean[level])
+        np.testing.assert_allclose(loaded.var[level], stats.var[level], rtol=1e-12)
+    # Fields outside the model signature (paths, training length) do not matter.
+    migration.LatentStats.load(path, config.replace(epochs=99, checkpoint_dir="elsewhere"))
+    with pytest.raises(migration.MigrationError) as caught:
+        migration.LatentStats.load(path, config.replace(k_glow=3))
+    message = str(caught.value)
+    assert "\n" not in message and "k_glow=2" in message
+    not_stats = tmp_path / "junk.npz"
+    not_stats.write_bytes(b"not an npz")
+    with pytest.raises(migration.MigrationError, match="not a latent statistics file"):
+        migration.LatentStats.load(str(not_stats))
+    with pytest.raises(migration.MigrationError, match="not found"):
+        migration.LatentStats.load(str(tmp_path / "missing.npz"))
+
+
+# ----------------------------------------------------------------------------- the real layout
+TINY = Config(k_glow=2, l_glow=2, hidden_channels=16, window_size=32)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """An ActNorm-initialised, perturbed (so not an identity) tiny Glow and identity stats."""
+    model = Glow(TINY)
+    rng = np.random.default_rng(0)
+    model.initialize(rng.standard_normal((4, *TINY.input_shape)).astype(np.float32))
+    for v in model.trainable_variables:
+        v.assign(v.numpy() + 0.02 * rng.standard_normal(v.shape).astype(np.float32))
+    return model
+
+
+def test_split_latent_matches_the_models_layout(tiny_model):
+    steps = 3 * TINY.input_shape[0]
+    x = np.random.default_rng(1).standard_normal((2, steps, *TINY.input_shape[1:]))
+    z, _ = tiny_model.encode(x.astype(np.float32))
+    ours = migration.split_latent(z.numpy(), tiny_model.latent_shapes, steps)
+    theirs = tiny_model._unflatten(z)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(a, b.numpy())
+    np.testing.assert_array_equal(migration.join_latent(ours), z.numpy())
+
+
+# ----------------------------------------------------------------------------- stitching
+class _ShiftModel:
+    """A stand-in model whose latent is the features themselves (identity encode/decode)."""
+
+    def __init__(self):
+        self.batch_shapes = []
+
+    def encode(self, x):
+        self.batch_shapes.append(tuple(np.shape(x)))
+        x = tf.convert_to_tensor(x)
+        return tf.reshape(x, [x.shape[0], -1]), tf.zeros([x.shape[0]])
+
+    def decode(self, z, shape=(16, 3, 1)):
+        return tf.reshape(z, [z.shape[0], -1, *shape[1:]])
+
+
+@pytest.mark.parametrize("total", [1, 15, 16, 17, 100])
+def test_chunks_stitch_back_every_step_exactly(total):
+    x = np.random.default_rng(total).standard_normal((total, 3, 1)).astype(np.float32)
+    model = _ShiftModel()
+    out = migration.transform_features(model, x, lambda z: z, 16, 4, batch_size=3)
+    assert out.shape == x.shape
+    np.testing.assert_allclose(out, x, atol=1e-6)
+    # Memory stays flat: never more than batch_size chunks of chunk_steps per model call.
+    assert max(s[0] for s in model.batch_shapes) <= 3
+    assert {s[1] for s in model.batch_shapes} == {16}
+
+
+def test_crossfade_has_no_steps_at_chunk_boundaries():
+    """Each chunk moved by a different offset: a hard cut would jump by the offsets' difference
+    at every boundary; the crossfade spreads it over the overlap."""
+    x = np.zeros((200, 3, 1), np.float32)
+    calls = iter(range(1000))
+
+    def chunk_offsets(z):
+        return z + np.array([[next(calls) % 2] for _ in range(len(z))], np.float32)
+
+    out = migration.transform_features(_ShiftModel(), x, chunk_offsets, 16, 8, batch_size=1)
+    steps = np.abs(np.diff(out[:, 0, 0]))
+    # Offsets differ by 1 between neighbours; a sin^2 ramp over 8 steps moves at most ~0.2/step.
+    assert steps.max() < 0.25
+    weights = [migration.crossfade_weights(16, 8, k == 0, k == 3) for k in range(4)]
+    covered = np.zeros(16 + 3 * 8)
+    for k, w in enumerate(weights):
+        covered[8 * k:8 * k + 16] += w
+    np.testing.assert_allclose(covered, 1.0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- whole songs
+@pytest.fixture(scope="module")
+def demo_paths(tmp_path_factory):
+    from utils.demo_data import make_demo_corpus
+
+    return make_demo_corpus(str(tmp_path_factory.mktemp("demo")), songs_per_singer=4,
+                            song_seconds=8.0)
+
+
+@pytest.mark.parametrize("method", sorted(migration.METHODS))
+def test_strength_zero_returns_the_source_audio(tiny_model, demo_paths, method):
+    samples = load_audio(demo_paths["virtual"][0], TINY.sampling_rate)
+    stats = FeatureStats.identity(TINY)
+    reference = migration.songs_latent_stats(
+        tiny_model, TINY, stats, [load_audio(p, TINY.sampling_rate) for p in demo_paths["real"][:2]])
+    result = migration.migrate_song(tiny_model, TINY, stats, samples, method, 0.0, reference,
+                                    chunk_steps=32, overlap_steps=8)
+    assert result.samples.shape == samples.shape
+    assert snr_db(samples, result.samples) >= 40.0
+    # The latents did move at strength 1, so the identity above is not vacuous.
+    moved = migration.migrate_song(tiny_model, TINY, stats, samples, method, 1.0, reference,
+                                   chunk_steps=32, overlap_steps=8)
+    assert snr_db(samples, moved.samples) < 40.0
+
+
+def test_short_and_silent_sources(tiny_model):
+    stats = FeatureStats.identity(TINY)
+    rng = np.random.default_rng(3)
+    short = (0.3 * rng.standard_normal(TINY.patch_samples // 3)).astype(np.float32)
+    reference = migration.songs_latent_stats(tiny_model, TINY, stats, [short])
+    with pytest.warns(UserWarning, match="shorter than one patch"):
+        result = migration.migrate_song(tiny_model, TINY, stats, short, "match", 0.0, reference)
+    assert result.samples.shape == short.shape
+    assert snr_db(short, result.samples) >= 40.0
+    with pytest.raises(AudioError, match="silent"):
+        migration.migrate_song(tiny_model, TINY, stats, np.zeros(40000, np.float32), "match",
+                               1.0, reference)
+    with pytest.raises(migration.MigrationError, match="another model configuration"):
+        migration.migrate_song(tiny_model, TINY.replace(hidden_channels=8), stats, short,
+                               "match", 1.0, reference)

@@ -1,0 +1,600 @@
+"""Audio I/O, the two feature representations and their inverses.
+
+Loading: any ``.wav .mp3 .flac .ogg`` file (8/16/24/32-bit integer or float samples, any rate, any
+channel count) is decoded with soundfile (libsndfile), with audioread as the fallback for files
+libsndfile rejects, downmixed to mono and resampled to ``Config.sampling_rate`` with soxr (a
+band-limited resampler). Nothing is cut to whole seconds.
+
+Features (``Config.feature``), both shaped ``(H, W, C)`` with time on ``H``:
+
+- ``spectrogram``: ``log(|STFT| + log_floor)`` (natural log of a linear amplitude), frames x bins
+  x 1. The STFT follows librosa's ``center=True, pad_mode="constant"`` conventions exactly: a
+  periodic Hann window of ``n_fft`` samples, hop ``hop_length``, FFT size ``n_fft``, the signal
+  zero-padded by ``n_fft // 2`` samples on both sides, so a song of ``N`` samples has
+  ``1 + N // hop_length`` frames and every sample, edges included, is covered by a frame. The
+  inverse divides the overlap-added frames by the overlap-added squared window *per sample*
+  (not by its steady-state value), which is what makes the edges exact. Training patches are the
+  frames of an unpadded slice of ``Config.patch_samples`` samples (``center=False``).
+- ``waveform``: ``channel_size`` consecutive samples folded into channels:
+  ``(window_size // channel_size, 1, channel_size)``.
+
+Features are normalised per channel of the last-but-one axis (per frequency bin for spectrograms,
+one scalar for waveforms) with :class:`FeatureStats` computed over the training records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+from typing import Optional, Tuple
+
+import numpy as np
+import soundfile as sf
+import soxr
+import tensorflow as tf
+
+from common_definitions import Config
+
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg")
+
+# A file whose peak amplitude stays at or below this (-80 dBFS) holds nothing to learn from: it
+# is digital silence, or at most the dither of a silent 16-bit recording.
+SILENCE_PEAK = 1e-4
+
+# Lower bound on a normalisation standard deviation, so that a constant bin (e.g. above the
+# cut-off of a low-passed corpus) is not blown up by 1/std at inference.
+STD_FLOOR = 1e-3
+
+# Truncation tolerance for formats whose declared length is an estimate (mp3 without a gapless
+# header): two MPEG frames or 1 %, whichever is larger.
+_TRUNCATION_SLACK_FRAMES = 2 * 1152
+_TRUNCATION_SLACK_FRACTION = 0.01
+
+# WAV writers that stream write a placeholder data size (0xFFFFFFFF and the like) and never fix
+# it; such a file is complete, not truncated.
+_WAV_PLACEHOLDER_SIZE = 0x7FFF0000
+_WAV_DATA_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+_READ_BLOCK = 1 << 20  # frames per read: a bogus header cannot make us allocate its claim at once
+
+
+class AudioError(ValueError):
+    """A file or signal that cannot be used; the message is a one-line reason."""
+
+
+class TooShortError(AudioError):
+    """Usable audio, but shorter than one patch (a decision that depends on the Config)."""
+
+
+def is_audio_file(path: str) -> bool:
+    """True for a non-hidden file name ending in one of :data:`AUDIO_EXTENSIONS` (any case)."""
+    name = os.path.basename(path)
+    return not name.startswith(".") and name.lower().endswith(AUDIO_EXTENSIONS)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "unknown error"
+
+
+# ---------------------------------------------------------------------------------- loading
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence C-level stderr: libmpg123 prints resync notes that would break one-line reports."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (e.g. some embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _read_soundfile(path: str) -> Tuple[np.ndarray, int]:
+    # Bytes, because soundfile cannot encode a str name holding bytes that are not UTF-8.
+    name = os.fsencode(path) if os.name == "posix" else path
+    with _quiet_stderr(), sf.SoundFile(name) as handle:
+        rate, declared = handle.samplerate, handle.frames
+        blocks = []
+        while True:
+            block = handle.read(_READ_BLOCK, dtype="float32", always_2d=True)
+            if not len(block):
+                break
+            blocks.append(block)
+        log = handle.extra_info
+        channels = handle.channels
+    data = np.concatenate(blocks) if blocks else np.zeros((0, channels), np.float32)
+    # libsndfile quietly shortens a WAV whose data chunk runs past the end of the file; its
+    # header log is the only place that says so.
+    match = _WAV_DATA_SIZE.search(log or "")
+    if match and _WAV_PLACEHOLDER_SIZE > int(match.group(1)) > int(match.group(2)):
+        claimed, held = int(match.group(1)), int(match.group(2))
+        raise AudioError(f"truncated: the header declares {claimed} data bytes, the file holds {held}")
+    slack = max(_TRUNCATION_SLACK_FRAMES, int(_TRUNCATION_SLACK_FRACTION * declared))
+    if 0 < declared < 1 << 40 and len(data) < declared - slack:
+        raise AudioError(
+            f"truncated: decoded {len(data) / rate:.2f} s of the {declared / rate:.2f} s "
+            "the header declares"
+        )
+    return data, rate
+
+
+def _read_audioread(path: str) -> Tuple[np.ndarray, int]:
+    import audioread  # imported lazily: only needed for the rare file libsndfile rejects
+
+    with audioread.audio_open(path) as handle:
+        rate, channels = handle.samplerate, handle.channels
+        raw = b"".join(handle)
+    pcm = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    return pcm.reshape(-1, channels), rate
+
+
+def _decode(path: str) -> Tuple[np.ndarray, int]:
+    """Samples ``(frames, channels)`` float32 in [-1, 1] (float files may exceed it) and the rate."""
+    try:
+        return _read_soundfile(path)
+    except AudioError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as err:
+        primary = _one_line(err)
+    try:
+        return _read_audioread(path)
+    except Exception:  # the fallback's own complaint is less telling than libsndfile's
+        pass
+    # libsndfile reports an unparsable .mp3 as "does not exist or is not a regular file".
+    if "does not exist" in primary and os.path.isfile(path):
+        primary = "not a recognised audio format"
+    primary = re.sub(r"^Error opening .*['\"]: ", "", primary)  # the caller names the file
+    primary = re.sub(r"^Error\s*:\s*", "", primary).rstrip(".")
+    raise AudioError(f"cannot decode: {primary}")
+
+
+def load_audio(path: str, sampling_rate: int) -> np.ndarray:
+    """Decode ``path`` to mono float32 samples at ``sampling_rate`` Hz.
+
+    Channels are averaged; the rate is converted with soxr's high-quality band-limited
+    resampler. The output has ``round(frames * sampling_rate / file_rate)`` samples (nothing is
+    cut to whole seconds) and is never clipped, so full-scale clipping in the file survives.
+
+    Raises:
+        AudioError: with a one-line reason: unreadable or empty file, undecodable or truncated
+            data, no samples, or non-finite samples (located in seconds of the file).
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb"):  # a permission problem reads better as itself than as a codec error
+            pass
+    except OSError as err:
+        raise AudioError(f"cannot read: {_one_line(err.strerror or err)}") from None
+    if size == 0:
+        raise AudioError("empty file (0 bytes)")
+    try:
+        data, rate = _decode(path)
+    except MemoryError:
+        raise AudioError("cannot decode: does not fit in memory") from None
+    if not data.size:
+        raise AudioError("no audio samples (empty or truncated)")
+    finite = np.isfinite(data).all(axis=1)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise AudioError(f"non-finite samples at {first / rate:.2f} s")
+    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if rate != sampling_rate:
+        mono = soxr.resample(mono, rate, sampling_rate, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def check_audio(samples: np.ndarray, config: Config) -> None:
+    """Raise :class:`AudioError` unless ``samples`` (1-D, at ``config.sampling_rate``) are usable.
+
+    Usable means: every sample finite, a peak above :data:`SILENCE_PEAK` (-80 dBFS), and at least
+    ``config.patch_samples`` samples. Clipped (full-scale) audio is usable.
+    """
+    samples = np.asarray(samples)
+    rate = config.sampling_rate
+    finite = np.isfinite(samples)
+    if not finite.all():
+        raise AudioError(f"non-finite samples at {int(np.argmin(finite)) / rate:.2f} s")
+    if not samples.size or float(np.max(np.abs(samples))) <= SILENCE_PEAK:
+        raise AudioError("silent")
+    if samples.shape[-1] < config.patch_samples:
+        raise TooShortError(
+            f"shorter than one patch ({samples.shape[-1] / rate:.2f} s < "
+            f"{config.patch_samples / rate:.2f} s)"
+        )
+
+
+def save_wav(path: str, samples: np.ndarray, sampling_rate: int, subtype: str = "PCM_16") -> None:
+    """Write mono ``samples`` (float, [-1, 1]) as a WAV file.
+
+    ``subtype`` is ``"PCM_16"`` (default) or ``"FLOAT"``. Samples are clipped to [-1, 1] and
+    non-finite ones written as 0, so a generated signal never produces an unreadable file.
+    """
+    samples = np.nan_to_num(np.asarray(samples, dtype=np.float32).reshape(-1), nan=0.0)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    sf.write(path, np.clip(samples, -1.0, 1.0), int(sampling_rate), subtype=subtype, format="WAV")
+
+
+# ---------------------------------------------------------------------------------- STFT
+def _window(config: Config) -> tf.Tensor:
+    return tf.signal.hann_window(config.n_fft, periodic=True)
+
+
+def num_frames(num_samples: int, config: Config) -> int:
+    """Frames of the centred STFT of ``num_samples`` samples: ``1 + N // hop`` for even n_fft."""
+    pad = config.n_fft // 2
+    return 1 + (num_samples + 2 * pad - config.n_fft) // config.hop_length
+
+
+def stft(samples, config: Config, center: bool = True) -> tf.Tensor:
+    """Complex STFT ``[..., frames, n_fft // 2 + 1]`` of real ``samples [..., N]``.
+
+    Periodic Hann window of ``n_fft`` samples, hop ``hop_length``, FFT size ``n_fft``. With
+    ``center`` the signal is zero-padded by ``n_fft // 2`` on both sides (librosa's
+    ``center=True, pad_mode="constant"``), giving :func:`num_frames` frames; without it the frames
+    start at sample 0 and ``1 + (N - n_fft) // hop`` of them fit (the training-patch convention).
+    """
+    samples = tf.convert_to_tensor(samples, tf.float32)
+    if center:
+        pad = config.n_fft // 2
+        paddings = [[0, 0]] * (samples.shape.rank - 1) + [[pad, pad]]
+        samples = tf.pad(samples, paddings)
+    return tf.signal.stft(
+        samples, config.n_fft, config.hop_length, fft_length=config.n_fft,
+        window_fn=tf.signal.hann_window, pad_end=False,
+    )
+
+
+def _check_invertible(config: Config) -> None:
+    if config.hop_length > config.n_fft // 2:
+        raise ValueError(
+            f"hop_length ({config.hop_length}) must be at most n_fft // 2 ({config.n_fft // 2}) "
+            "for the Hann-windowed STFT to reconstruct every sample"
+        )
+
+
+def istft(spec, config: Config, num_samples, center: bool = True) -> tf.Tensor:
+    """Inverse of :func:`stft`: real samples ``[..., num_samples]`` from ``spec [..., frames, bins]``.
+
+    Overlap-add of the windowed inverse FFTs divided, sample by sample, by the overlap-added
+    squared window (librosa's ``istft`` normalisation), so the result equals the STFT's input at
+    every sample, edges included, to float32 precision. Output past the frames' reach is zero.
+    """
+    _check_invertible(config)
+    spec = tf.convert_to_tensor(spec)
+    window = _window(config)
+    frames = tf.signal.irfft(spec, fft_length=[config.n_fft]) * window
+    signal = tf.signal.overlap_and_add(frames, config.hop_length)
+    count = tf.shape(spec)[-2]
+    norm = tf.signal.overlap_and_add(tf.tile((window * window)[None], [count, 1]), config.hop_length)
+    tiny = np.finfo(np.float32).tiny
+    signal = signal / tf.where(norm > tiny, norm, tf.ones_like(norm))
+    start = config.n_fft // 2 if center else 0
+    num_samples = tf.cast(num_samples, tf.int32)
+    signal = signal[..., start:start + num_samples]
+    missing = tf.maximum(num_samples - tf.shape(signal)[-1], 0)
+    paddings = [[0, 0]] * (signal.shape.rank - 1) + [[0, missing]]
+    return tf.pad(signal, paddings)
+
+
+def log_magnitude(samples, config: Config, center: bool = True) -> tf.Tensor:
+    """``log(|STFT| + log_floor)`` in nats of linear amplitude, ``[..., frames, bins]`` float32."""
+    return tf.math.log(tf.abs(stft(samples, config, center)) + config.log_floor)
+
+
+def spectrogram(samples, config: Config) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Whole-signal features: ``(log_mag, phase)``, each ``[frames, bins]`` float32.
+
+    ``log_mag = log(|STFT| + config.log_floor)``; ``phase`` in radians. Uses the centred STFT, so
+    :func:`spectrogram_to_audio` returns ``samples`` exactly, edges included.
+    """
+    spec = stft(samples, config, center=True)
+    return tf.math.log(tf.abs(spec) + config.log_floor), tf.math.angle(spec)
+
+
+def magnitude(log_mag, config: Config) -> tf.Tensor:
+    """Linear STFT magnitude from ``log_mag``; a value below ``log(log_floor)`` gives 0."""
+    log_mag = tf.convert_to_tensor(log_mag, tf.float32)
+    return tf.nn.relu(tf.exp(log_mag) - config.log_floor)
+
+
+def spectrogram_to_audio(log_mag, phase, config: Config, num_samples: int) -> tf.Tensor:
+    """Exact inverse of :func:`spectrogram`: samples ``[num_samples]`` float32."""
+    mag = magnitude(log_mag, config)
+    phase = tf.convert_to_tensor(phase, tf.float32)
+    spec = tf.complex(mag * tf.cos(phase), mag * tf.sin(phase))
+    return istft(spec, config, num_samples)
+
+
+@tf.function(reduce_retracing=True)
+def _griffin_lim_loop(mag, angles, num_samples, n_iter, momentum, n_fft, hop_length):
+    config = _StftShape(n_fft, hop_length)
+    mag = tf.cast(mag, tf.complex64)
+    spec = mag * angles
+    previous = tf.zeros_like(spec)
+    tiny = np.finfo(np.float32).tiny
+    for _ in tf.range(n_iter):
+        rebuilt = stft(istft(spec, config, num_samples), config)
+        rebuilt.set_shape(spec.shape)
+        # "Fast Griffin-Lim" (Perraudin et al., 2013): extrapolate from the previous projection;
+        # previous is 0 on the first pass, as in librosa.
+        estimate = rebuilt - tf.cast(momentum / (1.0 + momentum), tf.complex64) * previous
+        spec = mag * (estimate / tf.cast(tf.abs(estimate) + tiny, tf.complex64))
+        previous = rebuilt
+    return istft(spec, config, num_samples)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StftShape:
+    """The two Config fields the STFT reads, so a traced function is keyed by them alone."""
+
+    n_fft: int
+    hop_length: int
+
+
+def griffin_lim(
+    log_mag,
+    config: Config,
+    num_samples: int,
+    n_iter: Optional[int] = None,
+    momentum: float = 0.99,
+    seed: Optional[int] = None,
+) -> tf.Tensor:
+    """Samples ``[num_samples]`` whose STFT magnitude approximates ``magnitude(log_mag)``.
+
+    The fast Griffin-Lim of librosa (``librosa.griffinlim`` with ``center=True``,
+    ``pad_mode="constant"``, ``init="random"``) on this module's STFT: the same random initial
+    phases for the same ``seed`` (default ``config.seed``), so the two agree to float32 round-off
+    (tested). ``log_mag`` is ``[frames, bins]`` with ``frames == num_frames(num_samples)``.
+    """
+    _check_invertible(config)
+    log_mag = tf.convert_to_tensor(log_mag, tf.float32)
+    frames, bins = log_mag.shape[-2], log_mag.shape[-1]
+    if frames != num_frames(int(num_samples), config) or bins != config.n_bins:
+        raise ValueError(
+            f"log_mag has shape {tuple(log_mag.shape)}, but {num_samples} samples give "
+            f"{num_frames(int(num_samples), config)} frames of {config.n_bins} bins"
+        )
+    n_iter = config.griffin_lim_iters if n_iter is None else int(n_iter)
+    rng = np.random.default_rng(config.seed if seed is None else seed)
+    # librosa draws the phases bins-major; drawing the same array keeps the two in step.
+    turns = rng.random(size=tuple(log_mag.shape[:-2]) + (bins, frames))
+    turns = np.swapaxes(turns, -1, -2)
+    angles = tf.constant(np.exp(2j * np.pi * turns).astype(np.complex64))
+    return _griffin_lim_loop(
+        magnitude(log_mag, config), angles, tf.constant(int(num_samples), tf.int32),
+        tf.constant(n_iter, tf.int32), tf.constant(momentum, tf.float32),
+        config.n_fft, config.hop_length,
+    )
+
+
+# ---------------------------------------------------------------------------------- features
+def waveform_patches(samples, config: Config) -> tf.Tensor:
+    """Fold ``samples [..., steps * channel_size]`` into ``[..., steps, 1, channel_size]``."""
+    samples = tf.convert_to_tensor(samples, tf.float32)
+    size = config.channel_size
+    lead = tf.shape(samples)[:-1]
+    shape = tf.concat([lead, [tf.shape(samples)[-1] // size, 1, size]], axis=0)
+    return tf.reshape(samples, shape)
+
+
+def patch_features(windows, config: Config) -> tf.Tensor:
+    """Unnormalised model input ``[..., H, W, C]`` from ``config.patch_samples``-sample windows.
+
+    Pure TensorFlow, so it runs inside ``tf.data``; with ``windows [..., patch_samples]`` the
+    result has exactly ``config.input_shape``.
+    """
+    if config.feature == "spectrogram":
+        return log_magnitude(windows, config, center=False)[..., None]
+    return waveform_patches(windows, config)
+
+
+def stats_fields(config: Config) -> dict:
+    """The Config fields that normalisation statistics of ``config.feature`` depend on."""
+    if config.feature == "spectrogram":
+        names = ("feature", "sampling_rate", "n_fft", "hop_length", "log_floor")
+    else:
+        names = ("feature", "sampling_rate")
+    return {name: getattr(config, name) for name in names}
+
+
+_MOMENT_FUNCTIONS: dict = {}
+
+
+def _spectrogram_moments(config: Config):
+    """One traced function per STFT setting, so a corpus of varied lengths traces it once."""
+    key = (config.n_fft, config.hop_length, config.log_floor)
+    if key not in _MOMENT_FUNCTIONS:
+        shape = _StftShape(config.n_fft, config.hop_length)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)], autograph=False)
+        def moments(samples):
+            spec = stft(samples, shape, center=False)
+            values = tf.cast(tf.math.log(tf.abs(spec) + config.log_floor), tf.float64)
+            count = tf.cast(tf.shape(values)[0], tf.float64)
+            return count, tf.reduce_sum(values, 0), tf.reduce_sum(values * values, 0)
+
+        _MOMENT_FUNCTIONS[key] = moments
+    return _MOMENT_FUNCTIONS[key]
+
+
+def feature_moments(samples: np.ndarray, config: Config) -> Tuple[float, np.ndarray, np.ndarray]:
+    """``(count, sum, sum of squares)`` of one song's feature values per normalisation channel.
+
+    Spectrogram: over the frames of the unpadded STFT (what training patches contain), per bin,
+    shapes ``(bins,)``. Waveform: over the samples, shapes ``(1,)``. Sums are float64 so that the
+    moments of many songs can be added without loss.
+    """
+    if config.feature == "spectrogram":
+        if len(samples) < config.n_fft:
+            return 0.0, np.zeros(config.n_bins), np.zeros(config.n_bins)
+        count, total, squares = _spectrogram_moments(config)(tf.constant(samples, tf.float32))
+        return float(count), total.numpy(), squares.numpy()
+    values = np.asarray(samples, np.float64)
+    return float(values.size), np.array([values.sum()]), np.array([np.dot(values, values)])
+
+
+@dataclasses.dataclass
+class FeatureStats:
+    """Per-channel normalisation statistics: ``x_norm = (x - mean) / std``.
+
+    ``mean`` and ``std`` have shape ``(bins,)`` for spectrograms (one per frequency bin, in nats of
+    log-amplitude) and ``(1,)`` for waveforms (amplitude); they apply along the ``W`` axis of
+    ``(..., H, W, C)`` features. ``fields`` records the Config fields they were computed under and
+    ``source`` a fingerprint of the records they were computed from.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    fields: dict = dataclasses.field(default_factory=dict)
+    count: float = 0.0
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.mean = np.asarray(self.mean, np.float32).reshape(-1)
+        self.std = np.asarray(self.std, np.float32).reshape(-1)
+        if self.mean.shape != self.std.shape:
+            raise ValueError(f"mean {self.mean.shape} and std {self.std.shape} shapes differ")
+        if not (np.all(np.isfinite(self.mean)) and np.all(self.std > 0)):
+            raise ValueError("feature statistics must be finite with std > 0")
+
+    @classmethod
+    def identity(cls, config: Config) -> "FeatureStats":
+        """Statistics that leave features unchanged (mean 0, std 1)."""
+        size = config.n_bins if config.feature == "spectrogram" else 1
+        return cls(np.zeros(size), np.ones(size), stats_fields(config))
+
+    @classmethod
+    def from_moments(cls, config: Config, count: float, total, squares, source: str = "") -> "FeatureStats":
+        """Statistics from summed :func:`feature_moments`; std is floored at :data:`STD_FLOOR`."""
+        if count <= 0:
+            raise ValueError("no feature values to compute statistics from")
+        mean = np.asarray(total, np.float64) / count
+        var = np.maximum(np.asarray(squares, np.float64) / count - mean * mean, 0.0)
+        std = np.maximum(np.sqrt(var), STD_FLOOR)
+        return cls(mean, std, stats_fields(config), float(count), source)
+
+    def matches(self, config: Config) -> bool:
+        """True when these statistics were computed under ``config``'s feature settings."""
+        return self.fields == stats_fields(config)
+
+    def save(self, path: str) -> None:
+        """Write as JSON (atomically)."""
+        data = {
+            "mean": self.mean.tolist(), "std": self.std.tolist(), "fields": self.fields,
+            "count": self.count, "source": self.source,
+        }
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "FeatureStats":
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        return cls(data["mean"], data["std"], data.get("fields", {}), data.get("count", 0.0),
+                   data.get("source", ""))
+
+    def _broadcast(self, x):
+        # (W, 1): along the W axis of (..., H, W, C), shared across channels.
+        return self.mean.reshape(-1, 1), self.std.reshape(-1, 1)
+
+    def normalize(self, x):
+        """``(x - mean) / std`` for ``x`` of shape ``(..., H, W, C)`` (tf tensor or numpy)."""
+        mean, std = self._broadcast(x)
+        if isinstance(x, (tf.Tensor, tf.Variable)):
+            return (x - tf.constant(mean, x.dtype)) / tf.constant(std, x.dtype)
+        return ((np.asarray(x) - mean) / std).astype(np.float32)
+
+    def denormalize(self, x):
+        """Inverse of :meth:`normalize`."""
+        mean, std = self._broadcast(x)
+        if isinstance(x, (tf.Tensor, tf.Variable)):
+            return x * tf.constant(std, x.dtype) + tf.constant(mean, x.dtype)
+        return (np.asarray(x) * std + mean).astype(np.float32)
+
+
+@dataclasses.dataclass
+class SongFeatures:
+    """A whole song as model input for the fully convolutional model.
+
+    x: normalised features ``(T, W, C)`` float32, ``T`` padded up to a multiple of
+        ``config.time_multiple`` with the features of digital silence.
+    phase: STFT phase ``(num_steps, bins)`` in radians (spectrogram), else ``None``.
+    num_samples: length of the song in samples.
+    num_steps: time steps of the song before padding.
+    """
+
+    x: np.ndarray
+    phase: Optional[np.ndarray]
+    num_samples: int
+    num_steps: int
+
+
+def _pad_steps(features: np.ndarray, multiple: int, value: float) -> np.ndarray:
+    missing = -len(features) % multiple
+    if not missing:
+        return features
+    filler = np.full((missing,) + features.shape[1:], value, features.dtype)
+    return np.concatenate([features, filler])
+
+
+def song_to_features(samples: np.ndarray, config: Config, stats: FeatureStats) -> SongFeatures:
+    """Features of a whole song ``samples [N]`` (at ``config.sampling_rate``).
+
+    Spectrogram: the centred STFT (``1 + N // hop`` frames) with its phase. Waveform: the samples
+    zero-padded to a multiple of ``channel_size`` and folded. Either way ``T`` is then padded to a
+    multiple of ``config.time_multiple`` with silence.
+    """
+    samples = np.asarray(samples, np.float32).reshape(-1)
+    if config.feature == "spectrogram":
+        log_mag, phase = spectrogram(samples, config)
+        features = log_mag.numpy()[..., None]
+        phase = phase.numpy()
+        silence = float(np.log(np.float32(config.log_floor)))
+    else:
+        size = config.channel_size
+        padded = np.pad(samples, (0, -len(samples) % size))
+        features = padded.reshape(-1, 1, size)
+        phase, silence = None, 0.0
+    num_steps = len(features)
+    features = _pad_steps(features, config.time_multiple, silence)
+    return SongFeatures(stats.normalize(features), phase, len(samples), num_steps)
+
+
+def features_to_song(
+    x,
+    config: Config,
+    stats: FeatureStats,
+    song: Optional[SongFeatures] = None,
+    use_phase: bool = True,
+) -> np.ndarray:
+    """Samples float32 ``[num_samples]`` from normalised features ``x (T, W, C)``.
+
+    With ``song`` (the :class:`SongFeatures` ``x`` came from, or was migrated from), its padding
+    is dropped and its length restored; spectrograms use its phase (exact inverse) unless
+    ``use_phase`` is False. Without ``song`` all ``T`` steps are kept and spectrograms are
+    inverted with Griffin-Lim. Waveforms are simply unfolded.
+    """
+    features = stats.denormalize(np.asarray(x, np.float32))
+    steps = song.num_steps if song is not None else len(features)
+    features = features[:steps]
+    if config.feature == "waveform":
+        samples = features.reshape(-1)
+        return samples[: song.num_samples] if song is not None else samples
+    log_mag = features[..., 0]
+    num_samples = song.num_samples if song is not None else (steps - 1) * config.hop_length
+    if song is not None and use_phase and song.phase is not None:
+        out = spectrogram_to_audio(log_mag, song.phase, config, num_samples)
+    else:
+        out = griffin_lim(log_mag, config, num_samples)
+    return out.numpy().astype(np.float32)
