@@ -23,8 +23,8 @@ from typing import Any, Optional, Tuple
 FEATURES = ("spectrogram", "waveform")
 COUPLINGS = ("affine", "additive")
 
-# Patch length in time steps when --window_size is not given: 64 STFT frames (about half a second
-# at 16 kHz with hop 128) for spectrograms, 4096 samples for raw waveform windows.
+# Patch length in time steps when --window_size is not given: 64 STFT frames (about one second at
+# 16 kHz with hop 256, the seed's one-second windows) for spectrograms, 4096 samples for waveforms.
 DEFAULT_WINDOW_SIZE = {"spectrogram": 64, "waveform": 4096}
 
 # Fields that fix the shapes and the meaning of a trained model. A checkpoint written under one
@@ -103,7 +103,7 @@ class Config:
     feature: str = "spectrogram"
     sampling_rate: int = 16000
     n_fft: int = 510
-    hop_length: int = 128
+    hop_length: int = 256
     window_size: Optional[int] = None
     channel_size: int = 1
     log_floor: float = 1e-4

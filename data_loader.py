@@ -225,7 +225,8 @@ class SongDataLoader:
                 manifest = json.load(handle)
         except (OSError, ValueError):
             return None
-        if manifest.get("version") != MANIFEST_VERSION or not isinstance(manifest.get("files"), dict):
+        if manifest.get("version") != MANIFEST_VERSION or not isinstance(
+                manifest.get("files"), dict):
             return None
         return manifest
 
@@ -303,7 +304,8 @@ class SongDataLoader:
             for song in self._iterate(records_dir, untouched):
                 moments.add(song.samples)
             moments.stats(source).save(self.stats_path(records_dir))
-        skipped = [(p, " ".join(e["reason"].split())) for p, e in entries.items() if e["status"] != "ok"]
+        skipped = sorted((path, " ".join(e["reason"].split()))
+                         for path, e in entries.items() if e["status"] != "ok")
         for path, reason in skipped:
             log(f"skipped: {_printable(path)}: {reason}")
         summary = MakeSummary(
@@ -343,7 +345,8 @@ class SongDataLoader:
                 decode.append((path, label))
             elif entry["status"] == "short":
                 entries[path] = dict(entry, reason=self._short_reason(entry["num_samples"]))
-            elif entry["status"] == "ok" and not os.path.exists(os.path.join(records_dir, entry["shard"])):
+            elif entry["status"] == "ok" and not os.path.exists(
+                    os.path.join(records_dir, entry["shard"])):
                 decode.append((path, label))  # its shard was deleted by hand
             else:
                 entries[path] = entry
@@ -377,7 +380,8 @@ class SongDataLoader:
     def _manifest_or_error(self, records_dir: str) -> dict:
         manifest = self._read_manifest(records_dir)
         if manifest is None:
-            raise DataError(f"no records in {records_dir}: run `python data_loader.py AUDIO_DIR --out {records_dir}` first")
+            raise DataError(f"no records in {records_dir}: make them first with "
+                            f"`python data_loader.py AUDIO_DIR --out {records_dir}`")
         if manifest["sampling_rate"] != self.config.sampling_rate:
             raise DataError(
                 f"records in {records_dir} are at {manifest['sampling_rate']} Hz, the config asks "
@@ -401,7 +405,8 @@ class SongDataLoader:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     def stats_path(self, records_dir: Optional[str] = None) -> str:
-        return os.path.join(self._records_dir(records_dir), f"feature_stats_{self.config.feature}.json")
+        name = f"feature_stats_{self.config.feature}.json"
+        return os.path.join(self._records_dir(records_dir), name)
 
     def stats(self, records_dir: Optional[str] = None) -> FeatureStats:
         """Normalisation statistics of ``config.feature`` over every song in the records.
@@ -430,6 +435,8 @@ class SongDataLoader:
         return saved if saved.matches(self.config) and saved.source == source else None
 
     def _iterate(self, records_dir: str, names: Sequence[str]) -> Iterator[Song]:
+        if not names:  # building an empty pipeline would still trace its parse function
+            return
         paths = [os.path.join(records_dir, name) for name in names]
         for record in tf.data.TFRecordDataset(paths).map(_parse).as_numpy_iterator():
             yield Song(record["audio"], int(record["sampling_rate"]),
@@ -443,7 +450,7 @@ class SongDataLoader:
         return self._iterate(records_dir, names)
 
     # ------------------------------------------------------------------ patches
-    def window_step(self, aligned: bool) -> int:
+    def aligned_step(self) -> int:
         """Samples between aligned windows: consecutive patches hold consecutive time steps.
 
         For spectrograms that is ``window_size * hop_length`` (the patches' frames tile the song's
@@ -469,7 +476,7 @@ class SongDataLoader:
             batch_size: patches per batch (default ``config.batch_size``).
             training: shuffle songs and patches, and drop the last incomplete batch.
             aligned: cut each song into consecutive windows from its first sample (see
-                :meth:`window_step`) instead of random ones; deterministic, for evaluation.
+                :meth:`aligned_step`) instead of random ones; deterministic, for evaluation.
             repeat: repeat forever (a new draw of random windows every epoch).
             labels: yield ``(patches, labels)`` with ``labels (B,)`` tf.string folder names.
             seed: seeds the shuffles and the windows (default ``config.seed``); the same seed
@@ -485,7 +492,7 @@ class SongDataLoader:
         batch_size = config.batch_size if batch_size is None else int(batch_size)
         seed = config.seed if seed is None else int(seed)
         patch = config.patch_samples
-        step = self.window_step(aligned)
+        step = self.aligned_step()
         lengths = [e["num_samples"] for e in self._read_manifest(records_dir)["files"].values()
                    if e["status"] == "ok"]
         if max(lengths) < patch:
@@ -525,8 +532,9 @@ class SongDataLoader:
         ds = ds.map(cut, num_parallel_calls=tf.data.AUTOTUNE)
         if training:
             # Round-robin over several songs' windows, so a batch is not one song's patches.
-            ds = ds.interleave(lambda cuts, names: tf.data.Dataset.from_tensor_slices((cuts, names)),
-                               cycle_length=SONGS_INTERLEAVED, block_length=1)
+            ds = ds.interleave(
+                lambda cuts, names: tf.data.Dataset.from_tensor_slices((cuts, names)),
+                cycle_length=SONGS_INTERLEAVED, block_length=1)
             ds = ds.shuffle(config.shuffle_buffer, seed=seed + 2)
         else:
             ds = ds.unbatch()

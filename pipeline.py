@@ -776,42 +776,24 @@ class Trainer:
         self.initialize()
         iterator = iter(self.distribute(self.training_dataset(start)))
         self._stop_requested = False
-        self.log(f"training {self.model.name}: K={config.k_glow} L={config.l_glow} "
-                 f"hidden={config.hidden_channels}, patches {config.input_shape} (D={config.dims}), "
-                 f"global batch {self.global_batch_size} on {self.strategy.num_replicas_in_sync} "
-                 f"replica(s), steps {start} -> {total}")
-        self._bar = self._make_bar(start, total)
         interrupted = False
         epoch_totals, epoch_seconds = np.zeros(6), 0.0
         try:
             with self._graceful_interrupt():
+                self.log(f"training {self.model.name}: K={config.k_glow} L={config.l_glow} "
+                         f"hidden={config.hidden_channels}, patches {config.input_shape} "
+                         f"(D={config.dims}), global batch {self.global_batch_size} on "
+                         f"{self.strategy.num_replicas_in_sync} replica(s), steps {start} -> {total}")
+                self._bar = self._make_bar(start, total)
                 step = start
                 while step < total:
                     epoch_end = (step // config.steps_per_epoch + 1) * config.steps_per_epoch
                     next_save = (step // config.checkpoint_every + 1) * config.checkpoint_every
                     count = min(config.log_every, epoch_end - step, next_save - step)
-                    began = time.perf_counter()
-                    totals = self._train_loop(iterator, tf.constant(count, tf.int32)).numpy()
-                    seconds = time.perf_counter() - began
+                    totals, seconds = self._run_chunk(iterator, count)
                     step = self.global_step
-                    metrics = self._metrics(totals)
-                    ran = metrics["applied"] + metrics["skipped"]
                     epoch_totals += totals
                     epoch_seconds += seconds
-                    self._write_scalars(metrics, step, ran / max(seconds, 1e-9))
-                    self._bar.update(ran)
-                    self._bar.set_postfix(loss=f"{metrics['nll']:.1f}", bpd=f"{metrics['bits_per_dim']:.4f}",
-                                          refresh=False, **{"steps/s": f"{ran / max(seconds, 1e-9):.2f}"})
-                    if metrics["skipped"]:
-                        self.log(f"step {step}: skipped {metrics['skipped']} non-finite step(s) "
-                                 f"(NaN/Inf loss or gradient; {int(self.skipped_steps.numpy())} in all)")
-                    run = int(self._nonfinite_run.numpy())
-                    if run >= config.max_nonfinite_steps:
-                        raise TrainingDiverged(
-                            f"training stopped at step {step}: {run} consecutive non-finite steps "
-                            f"(NaN/Inf loss or gradient); the last checkpoint "
-                            f"({self.last_checkpoint or 'none'}) is intact; try a lower "
-                            "--learning_rate, a longer --warmup_steps or a smaller --clip_norm")
                     if step % config.checkpoint_every == 0:
                         self.save()
                     if step % config.steps_per_epoch == 0:
@@ -821,10 +803,12 @@ class Trainer:
                         interrupted = True
                         break
         finally:
-            self._bar.close()
-            self._bar = None
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
             if self._writer is not None:
-                self._writer.flush()
+                self._writer.close()
+                self._writer = None
         if self._last_saved_step != self.global_step:
             self.save()
         if interrupted:
@@ -838,6 +822,33 @@ class Trainer:
         self.log(f"done at step {self.global_step}: checkpoint {self.last_checkpoint}, "
                  f"weights {weights}, audio in {config.output_dir}")
         return TrainResult(self.global_step, history, False, self.last_checkpoint, outputs)
+
+    def _run_chunk(self, iterator, count: int) -> Tuple[np.ndarray, float]:
+        """One compiled call of ``count`` steps, then its scalars, progress and non-finite checks."""
+        began = time.perf_counter()
+        totals = self._train_loop(iterator, tf.constant(count, tf.int32)).numpy()
+        seconds = time.perf_counter() - began
+        step = self.global_step
+        metrics = self._metrics(totals)
+        ran = metrics["applied"] + metrics["skipped"]
+        rate = ran / max(seconds, 1e-9)
+        self._write_scalars(metrics, step, rate)
+        if self._bar is not None:
+            self._bar.update(ran)
+            self._bar.set_postfix({"loss": f"{metrics['nll']:.1f}",
+                                   "bpd": f"{metrics['bits_per_dim']:.4f}",
+                                   "steps/s": f"{rate:.2f}"}, refresh=False)
+        if metrics["skipped"]:
+            self.log(f"step {step}: skipped {metrics['skipped']} non-finite step(s) (NaN/Inf loss "
+                     f"or gradient; {int(self.skipped_steps.numpy())} in all)")
+        run = int(self._nonfinite_run.numpy())
+        if run >= self.config.max_nonfinite_steps:
+            raise TrainingDiverged(
+                f"training stopped at step {step}: {run} consecutive non-finite steps (NaN/Inf "
+                f"loss or gradient); the last checkpoint ({self.last_checkpoint or 'none'}) is "
+                "intact; try a lower --learning_rate, a longer --warmup_steps or a smaller "
+                "--clip_norm")
+        return totals, seconds
 
     def _end_epoch(self, step: int, totals: np.ndarray, seconds: float) -> dict:
         config = self.config

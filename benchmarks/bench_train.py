@@ -67,8 +67,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(REFERENCES), choices=list(REFERENCES))
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--hop_seconds", type=float, default=128 / 16000,
-                        help="seconds of audio per time step (default: hop 128 at 16 kHz)")
+    parser.add_argument("--hop_seconds", type=float, default=256 / 16000,
+                        help="seconds of audio per time step (default: hop 256 at 16 kHz)")
     args = parser.parse_args()
 
     print(describe_machine())

@@ -1,5 +1,6 @@
 """data_loader.py on a corpus of real files written here: records, manifest, patches, the CLI."""
 
+import json
 import os
 import re
 import subprocess
@@ -34,20 +35,20 @@ def corpus(tmp_path_factory):
     """
     root = str(tmp_path_factory.mktemp("corpus"))
     real, virtual = os.path.join(root, "real"), os.path.join(root, "virtual")
-    t44 = np.arange(int(1.3 * 44100)) / 44100
+    t44 = np.arange(int(1.5 * 44100)) / 44100
     stereo = np.stack([0.3 * np.sin(2 * np.pi * 330 * t44), 0.2 * np.sin(2 * np.pi * 440 * t44)], 1)
     valid = {
-        "real/pcm16.wav": dict(samples=tone(1.0, seed=1), subtype="PCM_16"),
-        "real/deeper/pcm24.wav": dict(samples=tone(1.1, seed=2), subtype="PCM_24"),
-        "real/float32.wav": dict(samples=tone(1.2, seed=3), subtype="FLOAT"),
-        "real/u8.wav": dict(samples=tone(0.9, seed=4), subtype="PCM_U8"),
+        "real/pcm16.wav": dict(samples=tone(1.5, seed=1), subtype="PCM_16"),
+        "real/deeper/pcm24.wav": dict(samples=tone(1.6, seed=2), subtype="PCM_24"),
+        "real/float32.wav": dict(samples=tone(1.7, seed=3), subtype="FLOAT"),
+        "real/u8.wav": dict(samples=tone(1.4, seed=4), subtype="PCM_U8"),
         "real/stereo 44k.wav": dict(samples=stereo.astype(np.float32), rate=44100, subtype="PCM_16"),
-        "real/take.flac": dict(samples=tone(1.0, seed=5), format="FLAC"),
+        "real/take.flac": dict(samples=tone(1.5, seed=5), format="FLAC"),
         "real/take.mp3": dict(samples=tone(1.5, seed=6), format="MP3"),
-        "real/chorus ü ñ.WAV": dict(samples=tone(0.8, seed=7), subtype="PCM_16"),
-        "real/clipped.wav": dict(samples=np.clip(4 * tone(1.0, seed=8), -1, 1), subtype="PCM_16"),
-        "virtual/v1.wav": dict(samples=tone(2.0, f0=300, seed=9), subtype="PCM_16"),
-        "virtual/nested/v2.OGG": dict(samples=tone(1.0, f0=350, seed=10), format="OGG"),
+        "real/chorus ü ñ.WAV": dict(samples=tone(1.3, seed=7), subtype="PCM_16"),
+        "real/clipped.wav": dict(samples=np.clip(4 * tone(1.5, seed=8), -1, 1), subtype="PCM_16"),
+        "virtual/v1.wav": dict(samples=tone(2.5, f0=300, seed=9), subtype="PCM_16"),
+        "virtual/nested/v2.OGG": dict(samples=tone(1.5, f0=350, seed=10), format="OGG"),
     }
     for name, spec in valid.items():
         write(os.path.join(root, name), **spec)
@@ -58,7 +59,7 @@ def corpus(tmp_path_factory):
         "real/nan late.wav": "non-finite samples at 1.80 s",
         "real/inf first.wav": "non-finite samples at 0.00 s",
         "real/silent.flac": "silent",
-        "real/short.wav": "shorter than one patch (0.20 s < 0.54 s)",
+        "real/short.wav": f"shorter than one patch (0.20 s < {Config().patch_seconds:.2f} s)",
     }
     open(os.path.join(real, "empty.wav"), "wb").close()
     with open(os.path.join(real, "lyrics.mp3"), "w") as handle:
@@ -66,7 +67,7 @@ def corpus(tmp_path_factory):
     write(os.path.join(real, "truncated.wav"), tone(1.5), subtype="PCM_16")
     with open(os.path.join(real, "truncated.wav"), "r+b") as handle:
         handle.truncate(20000)
-    late, first = tone(2.0), tone(1.0)
+    late, first = tone(2.0), tone(1.5)
     late[int(1.8 * RATE)] = np.nan
     first[0] = np.inf
     write(os.path.join(real, "nan late.wav"), late, subtype="FLOAT")
@@ -119,8 +120,8 @@ def test_records_hold_mono_float32_at_the_rate_with_labels(corpus, made):
         assert song.label == name.split("/")[0]
         assert song.sampling_rate == RATE and song.samples.dtype == np.float32
         assert song.samples.ndim == 1
-    assert len(songs["real/stereo 44k.wav"].samples) == round(int(1.3 * 44100) * RATE / 44100)
-    np.testing.assert_allclose(songs["real/pcm16.wav"].samples, tone(1.0, seed=1), atol=1e-4)
+    assert len(songs["real/stereo 44k.wav"].samples) == round(int(1.5 * 44100) * RATE / 44100)
+    np.testing.assert_allclose(songs["real/pcm16.wav"].samples, tone(1.5, seed=1), atol=1e-4)
     assert songs["real/clipped.wav"].samples.min() == -1.0
     assert summary.seconds == pytest.approx(sum(len(s.samples) for s in songs.values()) / RATE)
 
@@ -152,7 +153,8 @@ def test_load_yields_normalised_patches_of_the_input_shape(made, feature, window
     assert tuple(patches.shape) == (config.batch_size,) + config.input_shape
     assert patches.dtype == tf.float32 and labels.dtype == tf.string
     assert set(labels.numpy()) <= {b"real", b"virtual"}
-    assert dataset.element_spec[0].shape[0] == config.batch_size  # drop_remainder when training
+    # Static shapes (batch included: drop_remainder when training), as Keras wants them.
+    assert tuple(dataset.element_spec[0].shape) == (config.batch_size,) + config.input_shape
     evaluation = SongDataLoader(config).load(training=False, aligned=True, repeat=False)
     values = np.concatenate([batch.numpy().reshape(-1) for batch in evaluation])
     assert abs(values.mean()) < 0.2 and 0.7 < values.std() < 1.3
@@ -199,10 +201,10 @@ def test_missing_or_empty_folder_is_a_data_error(tmp_path):
 def test_make_is_incremental(tmp_path, monkeypatch):
     folder = tmp_path / "virtual"
     for i in range(4):
-        write(str(folder / f"song{i}.wav"), tone(1.0, seed=i), subtype="PCM_16")
+        write(str(folder / f"song{i}.wav"), tone(1.5, seed=i), subtype="PCM_16")
     write(str(folder / "bad.wav"), np.zeros(RATE, np.float32))
     config = Config(data_dirs=(str(folder),), records_dir=str(tmp_path / "records"),
-                    shard_size_seconds=2.0)
+                    shard_size_seconds=3.0)
     loader = SongDataLoader(config)
     first = loader.make(log=lambda line: None)
     assert (first.written, first.skipped, first.decoded) == (4, 1, 5)
@@ -215,7 +217,7 @@ def test_make_is_incremental(tmp_path, monkeypatch):
     assert (again.written, again.skipped, again.decoded) == (4, 1, 0) and calls == []
 
     changed = folder / "song1.wav"
-    write(str(changed), tone(1.5, seed=99), subtype="PCM_16")
+    write(str(changed), tone(2.0, seed=99), subtype="PCM_16")
     os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime, whatever the clock
     os.remove(folder / "song3.wav")
     third = loader.make(log=lambda line: None)
@@ -223,19 +225,30 @@ def test_make_is_incremental(tmp_path, monkeypatch):
     assert calls == [str(changed)]
     songs = {os.path.basename(s.path): s for s in loader.songs()}
     assert sorted(songs) == ["song0.wav", "song1.wav", "song2.wav"]
-    np.testing.assert_allclose(songs["song1.wav"].samples, tone(1.5, seed=99), atol=1e-4)
-    np.testing.assert_allclose(songs["song0.wav"].samples, tone(1.0, seed=0), atol=1e-4)
+    np.testing.assert_allclose(songs["song1.wav"].samples, tone(2.0, seed=99), atol=1e-4)
+    np.testing.assert_allclose(songs["song0.wav"].samples, tone(1.5, seed=0), atol=1e-4)
     assert loader.stats().source != stats_before.source
     shards = loader.shard_paths()
     assert sorted(os.listdir(config.records_dir)) == sorted(
         [os.path.basename(p) for p in shards] + ["manifest.json", "feature_stats_spectrogram.json"])
+
+    with open(os.path.join(config.records_dir, "manifest.json")) as handle:
+        files = json.load(handle)["files"]
+    first = os.path.basename(shards[0])
+    lost = {os.path.basename(p) for p, e in files.items() if e.get("shard") == first}
+    os.remove(shards[0])  # deleted by hand: its songs are decoded again, nothing else is
+    calls.clear()
+    fourth = loader.make(log=lambda line: None)
+    assert (fourth.written, fourth.decoded) == (3, len(lost))
+    assert {os.path.basename(p) for p in calls} == lost
 
 
 def test_a_larger_patch_skips_short_songs_without_decoding(tmp_path):
     folder = tmp_path / "real"
     write(str(folder / "one second.wav"), tone(1.0), subtype="PCM_16")
     write(str(folder / "three seconds.wav"), tone(3.0), subtype="PCM_16")
-    config = Config(data_dirs=(str(folder),), records_dir=str(tmp_path / "records"))
+    config = Config(data_dirs=(str(folder),), records_dir=str(tmp_path / "records"),
+                    hop_length=128)  # a patch is 0.54 s
     assert SongDataLoader(config).make(log=lambda line: None).written == 2
     long_patch = config.replace(window_size=256)  # 2.07 s
     summary = SongDataLoader(long_patch).make(log=lambda line: None)
@@ -267,11 +280,12 @@ def test_cli_writes_records_and_ends_with_the_summary(corpus, tmp_path):
 
 def test_cli_errors_are_one_line_with_a_non_zero_exit(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = run_cli(str(tmp_path / "missing"), str(tmp_path / "empty"), "--out", str(tmp_path / "r"))
+    missing, empty = tmp_path / "missing", tmp_path / "empty"
+    result = run_cli(str(missing), str(empty), "--out", str(tmp_path / "r"))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     # TensorFlow's own start-up notes may precede it; ours is the single last line.
-    assert result.stderr.splitlines()[-1] == f"error: audio folder not found: {tmp_path / 'missing'}"
+    assert result.stderr.splitlines()[-1] == f"error: audio folder not found: {missing}"
     assert sum(line.startswith("error:") for line in result.stderr.splitlines()) == 1
     assert data_loader.main([str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 1
     (tmp_path / "only bad").mkdir()

@@ -8,13 +8,13 @@ band-limited resampler). Nothing is cut to whole seconds.
 Features (``Config.feature``), both shaped ``(H, W, C)`` with time on ``H``:
 
 - ``spectrogram``: ``log(|STFT| + log_floor)`` (natural log of a linear amplitude), frames x bins
-  x 1. The STFT follows librosa's ``center=True, pad_mode="constant"`` conventions exactly: a
-  periodic Hann window of ``n_fft`` samples, hop ``hop_length``, FFT size ``n_fft``, the signal
-  zero-padded by ``n_fft // 2`` samples on both sides, so a song of ``N`` samples has
-  ``1 + N // hop_length`` frames and every sample, edges included, is covered by a frame. The
-  inverse divides the overlap-added frames by the overlap-added squared window *per sample*
-  (not by its steady-state value), which is what makes the edges exact. Training patches are the
-  frames of an unpadded slice of ``Config.patch_samples`` samples (``center=False``).
+  x 1. Periodic Hann window of ``n_fft`` samples, hop ``hop_length``, FFT size ``n_fft``. A
+  song of ``N`` samples has ``1 + ceil(N / hop_length)`` frames centred on samples
+  ``0, hop, 2 hop, ...`` (zeros outside the song), so every sample, edges included, lies between
+  two frame centres (see :func:`stft`). The inverse divides the overlap-added frames by the
+  overlap-added squared window *per sample* (not by its steady-state value), which is what
+  makes the edges exact. Training patches are the frames of an unpadded slice of
+  ``Config.patch_samples`` samples (``center=False``).
 - ``waveform``: ``channel_size`` consecutive samples folded into channels:
   ``(window_size // channel_size, 1, channel_size)``.
 
@@ -116,7 +116,8 @@ def _read_soundfile(path: str) -> Tuple[np.ndarray, int]:
     match = _WAV_DATA_SIZE.search(log or "")
     if match and _WAV_PLACEHOLDER_SIZE > int(match.group(1)) > int(match.group(2)):
         claimed, held = int(match.group(1)), int(match.group(2))
-        raise AudioError(f"truncated: the header declares {claimed} data bytes, the file holds {held}")
+        raise AudioError(
+            f"truncated: the header declares {claimed} data bytes, the file holds {held}")
     slack = max(_TRUNCATION_SLACK_FRAMES, int(_TRUNCATION_SLACK_FRACTION * declared))
     if 0 < declared < 1 << 40 and len(data) < declared - slack:
         raise AudioError(
@@ -137,7 +138,7 @@ def _read_audioread(path: str) -> Tuple[np.ndarray, int]:
 
 
 def _decode(path: str) -> Tuple[np.ndarray, int]:
-    """Samples ``(frames, channels)`` float32 in [-1, 1] (float files may exceed it) and the rate."""
+    """Samples ``(frames, channels)`` float32 in [-1, 1] (float files may exceed it), and rate."""
     try:
         return _read_soundfile(path)
     except AudioError:
@@ -214,8 +215,8 @@ def check_audio(samples: np.ndarray, config: Config) -> None:
 def save_wav(path: str, samples: np.ndarray, sampling_rate: int, subtype: str = "PCM_16") -> None:
     """Write mono ``samples`` (float, [-1, 1]) as a WAV file.
 
-    ``subtype`` is ``"PCM_16"`` (default) or ``"FLOAT"``. Samples are clipped to [-1, 1] and
-    non-finite ones written as 0, so a generated signal never produces an unreadable file.
+    ``subtype`` is ``"PCM_16"`` (default) or ``"FLOAT"``. Samples are clipped to [-1, 1], NaN is
+    written as 0 and +-inf as +-1, so a generated signal never produces an unreadable file.
     """
     samples = np.nan_to_num(np.asarray(samples, dtype=np.float32).reshape(-1), nan=0.0)
     parent = os.path.dirname(os.path.abspath(path))
@@ -229,23 +230,29 @@ def _window(config: Config) -> tf.Tensor:
 
 
 def num_frames(num_samples: int, config: Config) -> int:
-    """Frames of the centred STFT of ``num_samples`` samples: ``1 + N // hop`` for even n_fft."""
-    pad = config.n_fft // 2
-    return 1 + (num_samples + 2 * pad - config.n_fft) // config.hop_length
+    """Frames of the centred STFT of ``num_samples`` samples: ``1 + ceil(N / hop_length)``."""
+    return 1 + -(-num_samples // config.hop_length)
 
 
 def stft(samples, config: Config, center: bool = True) -> tf.Tensor:
     """Complex STFT ``[..., frames, n_fft // 2 + 1]`` of real ``samples [..., N]``.
 
-    Periodic Hann window of ``n_fft`` samples, hop ``hop_length``, FFT size ``n_fft``. With
-    ``center`` the signal is zero-padded by ``n_fft // 2`` on both sides (librosa's
-    ``center=True, pad_mode="constant"``), giving :func:`num_frames` frames; without it the frames
-    start at sample 0 and ``1 + (N - n_fft) // hop`` of them fit (the training-patch convention).
+    Periodic Hann window of ``n_fft`` samples, hop ``hop_length``, FFT size ``n_fft``.
+
+    ``center=True`` (whole songs): frame ``f`` is centred on sample ``f * hop_length``, for
+    ``f = 0 .. ceil(N / hop)`` (:func:`num_frames`), the signal being zero outside ``[0, N)``. So
+    every sample lies between two frame centres, where some window is large, whatever the hop;
+    this is librosa's ``center=True, pad_mode="constant"`` STFT of the signal zero-extended to a
+    whole number of hops (identical to it when ``N`` is a multiple of ``hop_length``).
+
+    ``center=False`` (training patches): frames start at sample 0 and ``1 + (N - n_fft) // hop``
+    of them fit.
     """
     samples = tf.convert_to_tensor(samples, tf.float32)
     if center:
-        pad = config.n_fft // 2
-        paddings = [[0, 0]] * (samples.shape.rank - 1) + [[pad, pad]]
+        left = config.n_fft // 2
+        right = config.n_fft - left + tf.math.floormod(-tf.shape(samples)[-1], config.hop_length)
+        paddings = [[0, 0]] * (samples.shape.rank - 1) + [[left, right]]
         samples = tf.pad(samples, paddings)
     return tf.signal.stft(
         samples, config.n_fft, config.hop_length, fft_length=config.n_fft,
@@ -254,15 +261,15 @@ def stft(samples, config: Config, center: bool = True) -> tf.Tensor:
 
 
 def _check_invertible(config: Config) -> None:
-    if config.hop_length > config.n_fft // 2:
+    if config.hop_length >= config.n_fft:
         raise ValueError(
-            f"hop_length ({config.hop_length}) must be at most n_fft // 2 ({config.n_fft // 2}) "
-            "for the Hann-windowed STFT to reconstruct every sample"
+            f"hop_length ({config.hop_length}) must be below n_fft ({config.n_fft}) for the "
+            "Hann-windowed STFT to be invertible (a Hann window is 0 at its first sample)"
         )
 
 
 def istft(spec, config: Config, num_samples, center: bool = True) -> tf.Tensor:
-    """Inverse of :func:`stft`: real samples ``[..., num_samples]`` from ``spec [..., frames, bins]``.
+    """Inverse of :func:`stft`: samples ``[..., num_samples]`` from ``spec [..., frames, bins]``.
 
     Overlap-add of the windowed inverse FFTs divided, sample by sample, by the overlap-added
     squared window (librosa's ``istft`` normalisation), so the result equals the STFT's input at
@@ -274,7 +281,8 @@ def istft(spec, config: Config, num_samples, center: bool = True) -> tf.Tensor:
     frames = tf.signal.irfft(spec, fft_length=[config.n_fft]) * window
     signal = tf.signal.overlap_and_add(frames, config.hop_length)
     count = tf.shape(spec)[-2]
-    norm = tf.signal.overlap_and_add(tf.tile((window * window)[None], [count, 1]), config.hop_length)
+    squares = tf.tile((window * window)[None], [count, 1])
+    norm = tf.signal.overlap_and_add(squares, config.hop_length)
     tiny = np.finfo(np.float32).tiny
     signal = signal / tf.where(norm > tiny, norm, tf.ones_like(norm))
     start = config.n_fft // 2 if center else 0
@@ -314,6 +322,14 @@ def spectrogram_to_audio(log_mag, phase, config: Config, num_samples: int) -> tf
     return istft(spec, config, num_samples)
 
 
+@dataclasses.dataclass(frozen=True)
+class _StftShape:
+    """The two Config fields the STFT reads, so a traced function is keyed by them alone."""
+
+    n_fft: int
+    hop_length: int
+
+
 @tf.function(reduce_retracing=True)
 def _griffin_lim_loop(mag, angles, num_samples, n_iter, momentum, n_fft, hop_length):
     config = _StftShape(n_fft, hop_length)
@@ -332,14 +348,6 @@ def _griffin_lim_loop(mag, angles, num_samples, n_iter, momentum, n_fft, hop_len
     return istft(spec, config, num_samples)
 
 
-@dataclasses.dataclass(frozen=True)
-class _StftShape:
-    """The two Config fields the STFT reads, so a traced function is keyed by them alone."""
-
-    n_fft: int
-    hop_length: int
-
-
 def griffin_lim(
     log_mag,
     config: Config,
@@ -351,9 +359,10 @@ def griffin_lim(
     """Samples ``[num_samples]`` whose STFT magnitude approximates ``magnitude(log_mag)``.
 
     The fast Griffin-Lim of librosa (``librosa.griffinlim`` with ``center=True``,
-    ``pad_mode="constant"``, ``init="random"``) on this module's STFT: the same random initial
-    phases for the same ``seed`` (default ``config.seed``), so the two agree to float32 round-off
-    (tested). ``log_mag`` is ``[frames, bins]`` with ``frames == num_frames(num_samples)``.
+    ``pad_mode="constant"``, ``init="random"``) on this module's STFT, with the same random
+    initial phases for the same ``seed`` (default ``config.seed``): for ``num_samples`` a multiple
+    of ``hop_length``, where the two STFTs coincide, they agree to float32 round-off (tested).
+    ``log_mag`` is ``[frames, bins]`` with ``frames == num_frames(num_samples)``.
     """
     _check_invertible(config)
     log_mag = tf.convert_to_tensor(log_mag, tf.float32)
@@ -409,11 +418,22 @@ def stats_fields(config: Config) -> dict:
 _MOMENT_FUNCTIONS: dict = {}
 
 
+def stats_frame_stride(config: Config) -> int:
+    """Spectrogram statistics use every this-many-th frame of the patch frame grid.
+
+    ``ceil(n_fft / hop_length)``: the frames used then tile the audio without overlapping, so
+    every sample is seen once instead of ``n_fft / hop`` times. Being a fixed subset of the same
+    grid, they are an unbiased sample of the training frames, for a fraction of the FFTs (the
+    statistics pass dominates the time to make records).
+    """
+    return -(-config.n_fft // config.hop_length)
+
+
 def _spectrogram_moments(config: Config):
     """One traced function per STFT setting, so a corpus of varied lengths traces it once."""
     key = (config.n_fft, config.hop_length, config.log_floor)
     if key not in _MOMENT_FUNCTIONS:
-        shape = _StftShape(config.n_fft, config.hop_length)
+        shape = _StftShape(config.n_fft, stats_frame_stride(config) * config.hop_length)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)], autograph=False)
         def moments(samples):
@@ -429,9 +449,10 @@ def _spectrogram_moments(config: Config):
 def feature_moments(samples: np.ndarray, config: Config) -> Tuple[float, np.ndarray, np.ndarray]:
     """``(count, sum, sum of squares)`` of one song's feature values per normalisation channel.
 
-    Spectrogram: over the frames of the unpadded STFT (what training patches contain), per bin,
-    shapes ``(bins,)``. Waveform: over the samples, shapes ``(1,)``. Sums are float64 so that the
-    moments of many songs can be added without loss.
+    Spectrogram: over the frames of the unpadded STFT (what training patches contain), taking
+    every :func:`stats_frame_stride`-th one, per bin, shapes ``(bins,)``. Waveform: over the
+    samples, shapes ``(1,)``. Sums are float64 so that the moments of many songs can be added
+    without loss.
     """
     if config.feature == "spectrogram":
         if len(samples) < config.n_fft:
@@ -473,7 +494,8 @@ class FeatureStats:
         return cls(np.zeros(size), np.ones(size), stats_fields(config))
 
     @classmethod
-    def from_moments(cls, config: Config, count: float, total, squares, source: str = "") -> "FeatureStats":
+    def from_moments(cls, config: Config, count: float, total, squares,
+                     source: str = "") -> "FeatureStats":
         """Statistics from summed :func:`feature_moments`; std is floored at :data:`STD_FLOOR`."""
         if count <= 0:
             raise ValueError("no feature values to compute statistics from")
@@ -551,9 +573,9 @@ def _pad_steps(features: np.ndarray, multiple: int, value: float) -> np.ndarray:
 def song_to_features(samples: np.ndarray, config: Config, stats: FeatureStats) -> SongFeatures:
     """Features of a whole song ``samples [N]`` (at ``config.sampling_rate``).
 
-    Spectrogram: the centred STFT (``1 + N // hop`` frames) with its phase. Waveform: the samples
-    zero-padded to a multiple of ``channel_size`` and folded. Either way ``T`` is then padded to a
-    multiple of ``config.time_multiple`` with silence.
+    Spectrogram: the centred STFT (``1 + ceil(N / hop)`` frames) with its phase. Waveform: the
+    samples zero-padded to a multiple of ``channel_size`` and folded. Either way ``T`` is then
+    padded to a multiple of ``config.time_multiple`` with silence.
     """
     samples = np.asarray(samples, np.float32).reshape(-1)
     if config.feature == "spectrogram":

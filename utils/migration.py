@@ -19,11 +19,19 @@ Methods (``z`` a whitened latent, ``a`` the strength; strength 0 is always the i
 - ``match``:    ``z + a * (z_m - z)`` with ``z_m = mean_ref + (z - mean_src) * std_ref / std_src``,
   per-dimension moment matching: at ``a = 1`` the source set gets exactly the reference's moments.
 
-Whole songs are processed in overlapping chunks of time steps (default one patch with a quarter
-patch of overlap), stitched in the *feature* domain with a raised-cosine crossfade whose weights
-sum to one, then turned into audio once with the source's phase. Memory is bounded by the chunk
-batch, so a 30-minute song costs no more model memory than a 10-second one, and because the
-weights sum to one, strength 0 returns the source features exactly (to float32 rounding).
+Whole songs are processed at two scales, both crossfaded with raised-cosine weights that sum to
+one (so strength 0 returns the source to float32 rounding):
+
+- audio *segments* (default 60 s, 1 s overlap): each is turned into features with its own STFT
+  phase, migrated, turned back into audio with that phase, and crossfaded with its neighbours.
+  Features, phase and STFT temporaries exist for one segment at a time, so a 30-minute song needs
+  no more memory than a one-minute one beyond its input and output samples;
+- feature *chunks* inside a segment (default one training patch, a quarter patch of overlap):
+  encoded a batch at a time, moved, decoded and stitched in the feature domain. The model only
+  ever sees inputs of the training length, so its activation memory is fixed.
+
+Decoded features are kept inside the per-bin range of the source and the reference set
+(:func:`bound_features`): Glow's inverse can blow up on latents moved far from the data.
 
 Units: time steps are STFT frames (spectrogram) or folded samples (waveform); audio is float32
 samples at ``config.sampling_rate`` Hz; latents are whitened (unit-free, ~N(0, 1)).
@@ -31,7 +39,6 @@ samples at ``config.sampling_rate`` Hz; latents are whitened (unit-free, ~N(0, 1
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -111,6 +118,9 @@ class LatentStats:
     combination of (count, mean, M2), so streaming any partition of the data gives the same result
     as ``np.mean`` / ``np.var`` over all of it (to float64 rounding).
 
+    ``feature_min`` / ``feature_max`` (W, C) hold the range of the normalised features the
+    latents were encoded from (see :func:`bound_features`).
+
     The statistics belong to the model that produced the latents: ``config`` is stored with them,
     and :meth:`check` refuses a model whose :meth:`Config.model_signature` differs.
     """
@@ -121,6 +131,11 @@ class LatentStats:
         self.count = np.zeros(len(self.latent_shapes), dtype=np.int64)
         self._mean = [np.zeros(s, dtype=np.float64) for s in self.latent_shapes]
         self._m2 = [np.zeros(s, dtype=np.float64) for s in self.latent_shapes]
+        # Per (W, C) range of the normalised features the latents came from: the envelope that
+        # migrate_song keeps decoded features inside (see bound_features).
+        feature_shape = tuple(config.input_shape[1:])
+        self.feature_min = np.full(feature_shape, np.inf)
+        self.feature_max = np.full(feature_shape, -np.inf)
 
     @classmethod
     def for_model(cls, model, config: Config) -> "LatentStats":
@@ -142,6 +157,14 @@ class LatentStats:
             self._combine(level, len(values), mean, m2)
         return self
 
+    def update_features(self, x) -> "LatentStats":
+        """Widen the per-(W, C) feature range with features ``x`` (..., W, C). Returns ``self``."""
+        x = np.asarray(x, dtype=np.float64).reshape(-1, *self.feature_min.shape)
+        if len(x):
+            self.feature_min = np.minimum(self.feature_min, x.min(axis=0))
+            self.feature_max = np.maximum(self.feature_max, x.max(axis=0))
+        return self
+
     def merge(self, other: "LatentStats") -> "LatentStats":
         """Fold ``other`` (same layout) into ``self``. Returns ``self``."""
         if other.latent_shapes != self.latent_shapes:
@@ -149,6 +172,8 @@ class LatentStats:
         for level in range(len(self.latent_shapes)):
             if other.count[level]:
                 self._combine(level, int(other.count[level]), other._mean[level], other._m2[level])
+        self.feature_min = np.minimum(self.feature_min, other.feature_min)
+        self.feature_max = np.maximum(self.feature_max, other.feature_max)
         return self
 
     def _combine(self, level: int, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
@@ -208,13 +233,15 @@ class LatentStats:
                 + ", ".join(problems))
 
     def save(self, path: str) -> None:
-        """Write an ``.npz``: per level ``count``, ``mean_<l>``, ``var_<l>``, plus the config JSON
-        and the latent layout. Written atomically (a crash leaves the old file)."""
+        """Write an ``.npz``: per level ``count``, ``mean_<l>``, ``var_<l>``; the feature range
+        ``feature_min`` / ``feature_max``; the config JSON and the latent layout. Written atomically (a crash leaves the old file)."""
         arrays = {
             "format_version": np.array(STATS_FORMAT_VERSION),
             "config_json": np.array(self.config.to_json()),
             "latent_shapes": np.array(self.latent_shapes, dtype=np.int64),
             "count": self.count,
+            "feature_min": self.feature_min,
+            "feature_max": self.feature_max,
         }
         for level, (mean, var) in enumerate(zip(self._mean, self.var)):
             arrays[f"mean_{level}"] = mean
@@ -240,6 +267,8 @@ class LatentStats:
                 stats = cls(Config.from_json(str(data["config_json"])),
                             [tuple(s) for s in data["latent_shapes"].tolist()])
                 stats.count = data["count"].astype(np.int64)
+                stats.feature_min = data["feature_min"].astype(np.float64)
+                stats.feature_max = data["feature_max"].astype(np.float64)
                 for level in range(len(stats.latent_shapes)):
                     stats._mean[level] = data[f"mean_{level}"].astype(np.float64)
                     stats._m2[level] = (data[f"var_{level}"].astype(np.float64)
@@ -382,7 +411,7 @@ def transform_features(
 
     Returns:
         (T, W, C) float32 features, every step covered; memory beyond ``x`` and the output is
-        ``batch_size`` chunks.
+        ``batch_size`` chunks. Non-finite decodes are passed through (see :func:`bound_features`).
     """
     x = np.asarray(x, dtype=np.float32)
     total = len(x)
@@ -399,11 +428,14 @@ def transform_features(
         if latent_fn is not None:
             z = np.asarray(latent_fn(z), dtype=np.float32)
         decoded = model.decode(z).numpy()
-        for k, start in enumerate(batch_starts):
-            index = begin + k
-            weights = crossfade_weights(chunk_steps, overlap_steps, index == 0,
-                                        index == len(starts) - 1)
-            out[start:start + chunk_steps] += decoded[k] * weights[:, None, None]
+        # A latent moved far off the data can decode to inf/nan; that stays visible in the
+        # output (for bound_features to replace) instead of raising here.
+        with np.errstate(invalid="ignore", over="ignore"):
+            for k, start in enumerate(batch_starts):
+                index = begin + k
+                weights = crossfade_weights(chunk_steps, overlap_steps, index == 0,
+                                            index == len(starts) - 1)
+                out[start:start + chunk_steps] += decoded[k] * weights[:, None, None]
     return out[:total]
 
 
@@ -432,6 +464,7 @@ def latent_stats_from_batches(model, config: Config, batches: Iterable[np.ndarra
         batch = np.asarray(batch, dtype=np.float32)
         z, _ = model.encode(batch)
         stats.update(z.numpy(), batch.shape[1])
+        stats.update_features(batch)
     return stats
 
 
@@ -486,7 +519,8 @@ def check_source(samples: np.ndarray, config: Config, name: str = "source") -> n
         raise AudioError("no audio samples")
     short = len(samples) < config.patch_samples
     # check_audio also refuses songs shorter than a patch; zero padding keeps its other checks.
-    check_audio(np.pad(samples, (0, max(0, config.patch_samples - len(samples)))), config)
+    check_audio(np.pad(samples, (0, config.patch_samples - len(samples))) if short else samples,
+                config)
     if short:
         warnings.warn(
             f"{name} is shorter than one patch ({len(samples) / config.sampling_rate:.2f} s < "
@@ -511,11 +545,70 @@ def iter_folder_songs(folder: str, config: Config, on_skip: Optional[Callable[[s
         yield path, samples
 
 
+# Whole songs are handled in audio segments of this length (seconds), crossfaded over
+# SEGMENT_OVERLAP_SECONDS, so that features, phase and STFT temporaries never exist for more than
+# one segment: memory is flat in the song's length beyond its input and output samples.
+SEGMENT_SECONDS = 60.0
+SEGMENT_OVERLAP_SECONDS = 1.0
+
+
+def segment_lengths(config: Config, segment_seconds: Optional[float] = None,
+                    overlap_seconds: Optional[float] = None) -> Tuple[int, int]:
+    """``(segment, overlap)`` in samples, rounded to whole STFT hops so that every segment's
+    frames fall on the song's own frame grid."""
+    hop = config.hop_length if config.feature == "spectrogram" else config.channel_size
+    seconds = SEGMENT_SECONDS if segment_seconds is None else float(segment_seconds)
+    overlap = SEGMENT_OVERLAP_SECONDS if overlap_seconds is None else float(overlap_seconds)
+    segment = int(round(seconds * config.sampling_rate / hop)) * hop
+    overlap = int(round(overlap * config.sampling_rate / hop)) * hop
+    if segment < config.patch_samples or not 0 <= 2 * overlap <= segment:
+        raise MigrationError(
+            f"segments of {seconds:g} s with {overlap / config.sampling_rate:g} s overlap: a "
+            f"segment must hold a patch ({config.patch_seconds:.2f} s) and twice the overlap")
+    return segment, overlap
+
+
+def iter_segments(samples: np.ndarray, segment: int) -> Iterator[np.ndarray]:
+    """Disjoint pieces of ``samples`` of ``segment`` samples; the last one absorbs the remainder
+    (so it is between one and two segments long and no piece is a stub)."""
+    count = max(1, len(samples) // segment)
+    for k in range(count):
+        yield samples[k * segment:(k + 1) * segment if k + 1 < count else len(samples)]
+
+
+def render_in_segments(samples: np.ndarray, segment: int, overlap: int,
+                       render: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Run ``render`` (samples (n,) -> samples (n,)) over overlapping segments and crossfade.
+
+    Segments start ``segment - overlap`` samples apart; :func:`crossfade_weights` makes the
+    overlapping fades sum to one, so a ``render`` that returns its input returns ``samples``
+    exactly. Returns (N,) float32.
+    """
+    samples = np.asarray(samples, dtype=np.float32)
+    out = np.zeros_like(samples)
+    starts = chunk_plan(len(samples), segment, overlap)
+    for index, start in enumerate(starts):
+        piece = samples[start:start + segment]
+        rendered = np.asarray(render(piece), dtype=np.float32)
+        if rendered.shape != piece.shape:
+            raise MigrationError(f"a segment of {len(piece)} samples rendered to {rendered.shape}")
+        # Only the last segment can be short, and it has no fade-out to lose.
+        weights = crossfade_weights(segment, overlap, index == 0, index == len(starts) - 1)
+        out[start:start + len(piece)] += rendered * weights[:len(piece)]
+    return out
+
+
 def songs_latent_stats(model, config: Config, feature_stats: FeatureStats,
-                       songs: Iterable[np.ndarray], batch_size: int = 16) -> LatentStats:
-    """:class:`LatentStats` of songs given as samples (N,) at ``config.sampling_rate``, one song's
-    features in memory at a time."""
-    features = (song_to_features(s, config, feature_stats) for s in songs)
+                       songs: Iterable[np.ndarray], batch_size: int = 16,
+                       segment_seconds: Optional[float] = None) -> LatentStats:
+    """:class:`LatentStats` of songs given as samples (N,) at ``config.sampling_rate``.
+
+    Each song is featurised one segment at a time (:func:`iter_segments`) and its aligned,
+    non-overlapping patches are streamed through the model (:func:`feature_latent_stats`).
+    """
+    segment, _ = segment_lengths(config, segment_seconds)
+    features = (song_to_features(piece, config, feature_stats)
+                for samples in songs for piece in iter_segments(samples, segment))
     return feature_latent_stats(
         model, config, (f.x[:max(f.num_steps, 1)] for f in features), batch_size)
 
@@ -532,18 +625,39 @@ def folder_latent_stats(model, config: Config, feature_stats: FeatureStats, fold
     return stats
 
 
+def bound_features(features: np.ndarray, source: np.ndarray, reference: LatentStats
+                   ) -> np.ndarray:
+    """Keep decoded features inside what the source and the reference set ever held.
+
+    Glow's inverse is only reliable near the data: a moved latent at a sharp onset next to
+    digital silence (|z| ~ 10) can decode to features e**10 times too loud, or overflow. Each
+    (W, C) bin of ``features`` is clipped to ``[min(source, ref_min), max(source, ref_max)]``
+    and a non-finite value is replaced by the source's. The source's own features are inside that
+    range, so strength 0 is unaffected.
+
+    Args:
+        features: (T, W, C) decoded normalised features.
+        source: (T, W, C) the normalised features they were decoded from.
+        reference: statistics whose ``feature_min`` / ``feature_max`` (W, C) bound the target.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    source = np.asarray(source, dtype=np.float32)
+    low = np.minimum(source.min(axis=0), reference.feature_min)
+    high = np.maximum(source.max(axis=0), reference.feature_max)
+    finite = np.isfinite(features)
+    if not finite.all():
+        features = np.where(finite, features, source)
+    return np.clip(features, low, high).astype(np.float32)
+
+
 class MigrationResult(NamedTuple):
     """What :func:`migrate_song` produced.
 
-    samples: (N,) float32 migrated audio, as long as the source.
-    source: the source's :class:`utils.audio.SongFeatures` (normalised features and phase).
-    features: (T, W, C) float32 migrated normalised features (same T as ``source.x``).
+    samples: (N,) float32 migrated audio, exactly as long as the source.
     source_stats: the source statistics used (``None`` for ``midpoint``).
     """
 
     samples: np.ndarray
-    source: SongFeatures
-    features: np.ndarray
     source_stats: Optional[LatentStats]
 
 
@@ -560,8 +674,14 @@ def migrate_song(
     chunk_steps: Optional[int] = None,
     overlap_steps: Optional[int] = None,
     batch_size: int = 8,
+    segment_seconds: Optional[float] = None,
+    segment_overlap_seconds: Optional[float] = None,
 ) -> MigrationResult:
     """Encode a whole song, move its latents toward ``reference`` and decode it to audio.
+
+    Per audio segment (:func:`render_in_segments`): features with the segment's phase ->
+    chunked encode -> ``METHODS[method]`` -> decode (:func:`transform_features`) ->
+    :func:`bound_features` -> audio with the segment's phase (or Griffin-Lim).
 
     Args:
         model: the trained Glow of ``config``.
@@ -570,10 +690,12 @@ def migrate_song(
         method, strength: a :data:`METHODS` name and its strength (0 = identity, 1 = full).
         reference: the target set's statistics.
         source_stats: statistics of the source set for ``shift`` / ``match``; by default those
-            of the source song itself.
+            of the source song itself (one extra encoding pass over it).
         griffin_lim: invert spectrograms with Griffin-Lim instead of reusing the source phase.
         chunk_steps, overlap_steps, batch_size: see :func:`transform_features`
             (defaults: :func:`default_chunking`).
+        segment_seconds, segment_overlap_seconds: audio segmentation (defaults
+            :data:`SEGMENT_SECONDS`, :data:`SEGMENT_OVERLAP_SECONDS`).
 
     Returns:
         a :class:`MigrationResult`; ``samples`` has exactly N samples.
@@ -582,31 +704,42 @@ def migrate_song(
         raise MigrationError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     reference.check(config)
     samples = check_source(samples, config)
-    song = song_to_features(samples, config, feature_stats)
+    segment, overlap = segment_lengths(config, segment_seconds, segment_overlap_seconds)
+    chunk, chunk_overlap = default_chunking(config, chunk_steps, overlap_steps)
     if NEEDS_SOURCE[method] and source_stats is None:
-        source_stats = feature_latent_stats(model, config, [song.x[:song.num_steps]])
+        source_stats = songs_latent_stats(model, config, feature_stats, [samples], batch_size,
+                                          segment_seconds)
     if source_stats is not None:
         source_stats.check(config)
-    chunk, overlap = default_chunking(config, chunk_steps, overlap_steps)
     ref = reference.moments(chunk)
     src = source_stats.moments(chunk) if source_stats is not None else None
 
     def move(z):
         return apply_method(method, z, src, ref, strength)
 
-    features = transform_features(model, song.x, move, chunk, overlap, batch_size)
-    audio = features_to_song(features, config, feature_stats, song=song,
-                             use_phase=not griffin_lim)
-    return MigrationResult(audio, song, features, source_stats)
+    def render(piece):
+        song = song_to_features(piece, config, feature_stats)
+        features = transform_features(model, song.x, move, chunk, chunk_overlap, batch_size)
+        features = bound_features(features, song.x, reference)
+        return features_to_song(features, config, feature_stats, song=song,
+                                use_phase=not griffin_lim)
+
+    return MigrationResult(render_in_segments(samples, segment, overlap, render), source_stats)
 
 
 def reconstruct_song(model, config: Config, feature_stats: FeatureStats, samples: np.ndarray,
                      chunk_steps: Optional[int] = None, overlap_steps: Optional[int] = None,
-                     batch_size: int = 8) -> np.ndarray:
-    """decode(encode(song)) in chunks, with the source phase: (N,) float32 samples. Measures
-    how exactly the model and the stitching invert (it should be the source to float32)."""
+                     batch_size: int = 8, segment_seconds: Optional[float] = None) -> np.ndarray:
+    """decode(encode(song)) through the same segments and chunks as :func:`migrate_song`, with
+    the source phase: (N,) float32 samples. Measures how exactly the model and the stitching
+    invert (it should be the source to float32 precision)."""
     samples = check_source(samples, config)
-    song = song_to_features(samples, config, feature_stats)
-    chunk, overlap = default_chunking(config, chunk_steps, overlap_steps)
-    features = transform_features(model, song.x, None, chunk, overlap, batch_size)
-    return features_to_song(features, config, feature_stats, song=song)
+    segment, overlap = segment_lengths(config, segment_seconds)
+    chunk, chunk_overlap = default_chunking(config, chunk_steps, overlap_steps)
+
+    def render(piece):
+        song = song_to_features(piece, config, feature_stats)
+        features = transform_features(model, song.x, None, chunk, chunk_overlap, batch_size)
+        return features_to_song(features, config, feature_stats, song=song)
+
+    return render_in_segments(samples, segment, overlap, render)

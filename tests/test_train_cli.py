@@ -1,0 +1,147 @@
+"""Tests of train.py: flags reach the model and the data, bad input is refused on one line, a run
+ends with a checkpoint, events and wavs, and the same command resumes."""
+
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import tensorflow as tf
+
+import train
+from common_definitions import Config
+from utils.demo_data import make_demo_corpus
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_FLAGS = ["--n_fft", "62", "--hop_length", "16", "--window_size", "16", "--k_glow", "2",
+              "--l_glow", "2", "--hidden_channels", "8", "--batch_size", "8",
+              "--griffin_lim_iters", "2", "--warmup_steps", "2", "--no_progress"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_corpus")
+    make_demo_corpus(root=str(root), songs_per_singer=2, song_seconds=3.0)
+    return types.SimpleNamespace(a=str(root / "virtual"), b=str(root / "real"))
+
+
+def run_cli(args, timeout=300, **kwargs):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def assert_refused(result, *fragments):
+    """Non-zero exit, no traceback, exactly one ``train.py: error:`` line naming ``fragments``."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("train.py: error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def output_flags(folder):
+    return ["--checkpoint_dir", str(folder / "ck"), "--logdir", str(folder / "logs"),
+            "--records_dir", str(folder / "rec"), "--output_dir", str(folder / "out")]
+
+
+# ---------------------------------------------------------------------------------- in process
+def test_flags_build_the_config():
+    args = train.build_parser().parse_args(
+        ["--data_dir", "a", "--data_dir", "b", "--k_glow", "3", "--coupling", "additive",
+         "--no_lu", "--learning_rate", "5e-4", "--epochs", "7"])
+    config = train.config_from_args(args)
+    assert config.data_dirs == ("a", "b") and config.k_glow == 3 and config.coupling == "additive"
+    assert config.lu_decomposed is False and config.learning_rate == 5e-4 and config.epochs == 7
+    assert config.l_glow == Config().l_glow  # not passed: the Config default
+    demo = train.config_from_args(train.build_parser().parse_args(["--demo", "--epochs", "1"]))
+    assert demo.demo and demo.epochs == 1 and demo.k_glow == train.DEMO_DEFAULTS["k_glow"]
+    assert demo.checkpoint_dir == train.DEMO_DEFAULTS["checkpoint_dir"]
+    assert all("demo_data" in d for d in demo.data_dirs)
+
+
+def test_flags_reach_the_model_and_the_data(corpus, tmp_path):
+    from pipeline import Trainer
+
+    args = train.build_parser().parse_args(
+        ["--data_dir", corpus.a, "--feature", "waveform", "--window_size", "64", "--channel_size", "2",
+         "--k_glow", "3", "--l_glow", "2", "--hidden_channels", "12", "--coupling", "additive",
+         "--no_lu", "--batch_size", "4", "--learning_rate", "3e-4", "--warmup_steps", "0",
+         *output_flags(tmp_path)])
+    trainer = Trainer(train.config_from_args(args), log=lambda _: None, progress=False)
+    model = trainer.model
+    assert (model.k_glow, model.l_glow, model.hidden_channels) == (3, 2, 12)
+    assert model.coupling == "additive" and model.lu_decomposed is False
+    assert model.image_shape == (32, 1, 2)  # 64 samples folded into 2 channels
+    assert float(trainer.schedule(0)) == pytest.approx(3e-4)
+    trainer.prepare_data()  # records made from --data_dir into --records_dir
+    assert os.path.isfile(tmp_path / "rec" / "feature_stats_waveform.json")
+    assert tuple(trainer.init_batch().shape) == (4, 32, 1, 2)
+
+
+# ---------------------------------------------------------------------------------- refusals
+@pytest.mark.parametrize("case", [
+    "zero_k", "unknown_flag", "bad_choice", "bad_number", "bad_shape", "missing_data_dir",
+    "data_dir_is_a_file", "checkpoint_dir_under_a_file", "logdir_under_a_file", "no_data",
+])
+def test_bad_input_is_refused_on_one_line(case, corpus, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    data = ["--data_dir", corpus.a]
+    argv, fragments = {
+        "zero_k": (data + ["--k_glow", "0"], ["k_glow"]),
+        "unknown_flag": (data + ["--kglow", "2"], ["--kglow"]),
+        "bad_choice": (data + ["--feature", "mel"], ["--feature"]),
+        "bad_number": (data + ["--learning_rate", "fast"], ["--learning_rate"]),
+        "bad_shape": (data + ["--n_fft", "62", "--hop_length", "16", "--l_glow", "6"], ["n_fft"]),
+        "missing_data_dir": (["--data_dir", str(tmp_path / "nowhere")], ["nowhere"]),
+        "data_dir_is_a_file": (["--data_dir", str(blocker)], ["file.txt"]),
+        "checkpoint_dir_under_a_file": (data + ["--checkpoint_dir", str(blocker / "ck")],
+                                        ["--checkpoint_dir"]),
+        "logdir_under_a_file": (data + ["--logdir", str(blocker / "logs")], ["--logdir"]),
+        "no_data": (["--records_dir", str(tmp_path / "empty")], ["--data_dir"]),
+    }[case]
+    defaults = ["--checkpoint_dir", str(tmp_path / "ck"), "--logdir", str(tmp_path / "logs"),
+                "--records_dir", str(tmp_path / "rec"), "--output_dir", str(tmp_path / "out")]
+    overridden = {arg for arg in argv if arg.startswith("--")}
+    for flag, value in zip(defaults[::2], defaults[1::2]):
+        if flag not in overridden:
+            argv = argv + [flag, value]
+    result = run_cli(argv, timeout=60)
+    assert_refused(result, *fragments)
+    assert result.returncode == 2
+    assert not os.path.exists(tmp_path / "rec" / "manifest.json")  # refused before any work
+
+
+# ---------------------------------------------------------------------------------- runs
+def test_train_then_resume_then_refuse_another_model(corpus, tmp_path):
+    command = ["--data_dir", corpus.a, "--data_dir", corpus.b, *TINY_FLAGS,
+               "--steps_per_epoch", "3", "--checkpoint_every", "2", *output_flags(tmp_path)]
+    first = run_cli(command + ["--epochs", "2"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Traceback" not in first.stderr
+    assert "epoch 2/2 (step 6)" in first.stdout
+    checkpoint_dir = str(tmp_path / "ck")
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    assert tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE") == 6
+    config = Config.load(os.path.join(checkpoint_dir, "config.json"))
+    assert (config.k_glow, config.hidden_channels, config.n_fft) == (2, 8, 62)
+    assert config.data_dirs == (corpus.a, corpus.b)
+    for name in ("feature_stats.json", "glow.weights.h5"):
+        assert os.path.isfile(os.path.join(checkpoint_dir, name))
+    for name in ("reconstruction.wav", "sample.wav"):
+        assert os.path.getsize(tmp_path / "out" / name) > 1000
+    assert os.listdir(tmp_path / "logs")
+
+    second = run_cli(command + ["--epochs", "3"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resumed from {latest} at step 6" in second.stdout
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    assert tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE") == 9
+
+    refused = run_cli(command + ["--epochs", "4", "--hidden_channels", "16"])  # the last wins
+    assert_refused(refused, "hidden_channels=8 (now 16)", checkpoint_dir)
+    assert tf.train.latest_checkpoint(checkpoint_dir) == latest
