@@ -305,11 +305,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:
         return int(stop.code or 0)
+    for flag, path in (("--checkpoint_dir", args.checkpoint_dir), ("--virtual", args.virtual),
+                       ("--real", args.real)):
+        if not os.path.isdir(path):
+            print(f"{PROG}: error: {flag} folder not found: {path}", file=sys.stderr)
+            return 1
+    from data_loader import DataError
+    from pipeline import CheckpointMismatch
+    from utils.audio import AudioError
+    from utils.migration import MigrationError, one_line
+
     try:
         run(args)
-    except (CliError, ValueError, OSError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+    except (CliError, CheckpointMismatch, AudioError, MigrationError, DataError, OSError) as error:
+        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
         return 1
     return 0
 

@@ -27,6 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PROG = "migrate.py"
 METHOD_NAMES = ("midpoint", "shift", "match")
+# Peak the output is scaled to when migration pushed it past full scale (-0.1 dBFS).
+FULL_SCALE = 10.0 ** (-0.1 / 20.0)
 
 
 class CliError(Exception):
@@ -95,6 +97,24 @@ def load_stats(path: str, model, config, feature_stats, what: str):
     raise CliError(f"{what} not found: {path}")
 
 
+def spectrogram_columns(samples, config, columns: int = 2000):
+    """(bins, <= columns) log-magnitude in dB of Hann-windowed frames spread evenly over the song.
+
+    A long song has far more STFT frames than a figure has pixels, so frames are taken
+    ``max(hop_length, N / columns)`` samples apart; memory stays ``columns * n_fft`` whatever
+    the song's length.
+    """
+    import numpy as np
+
+    n_fft = config.n_fft
+    padded = np.pad(np.asarray(samples, np.float32), (n_fft // 2, n_fft // 2))
+    step = max(config.hop_length, math.ceil(len(samples) / columns))
+    starts = np.arange(0, len(samples) + 1, step)
+    frames = padded[starts[:, None] + np.arange(n_fft)[None, :]] * np.hanning(n_fft + 1)[:-1]
+    magnitude = np.abs(np.fft.rfft(frames, axis=1))
+    return 20.0 * np.log10(magnitude + config.log_floor).T
+
+
 def spectrogram_figure(source, migrated, config, path: str, title: str) -> None:
     """Two panels (source above, migrated below) of log-magnitude spectrograms in dB, as PNG."""
     import matplotlib
@@ -103,21 +123,11 @@ def spectrogram_figure(source, migrated, config, path: str, title: str) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from utils.audio import spectrogram
-
-    panels = []
-    for samples in (source, migrated):
-        log_mag = spectrogram(samples, config)[0].numpy()
-        # A long song has far more frames than pixels: average blocks of frames to <= 4000.
-        block = max(1, math.ceil(len(log_mag) / 4000))
-        usable = len(log_mag) // block * block or len(log_mag)
-        if block > 1:
-            log_mag = log_mag[:usable].reshape(-1, block, log_mag.shape[1]).mean(axis=1)
-        panels.append(20.0 / math.log(10.0) * log_mag.T)
+    panels = [spectrogram_columns(samples, config) for samples in (source, migrated)]
     seconds = len(source) / config.sampling_rate
     khz = config.sampling_rate / 2000.0
-    low = min(float(np.percentile(p, 1)) for p in panels)
     high = max(float(p.max()) for p in panels)
+    low = max(min(float(np.percentile(p, 1)) for p in panels), high - 100.0)
     fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True, sharey=True)
     for ax, panel, name in zip(axes, panels, ("source", "migrated")):
         image = ax.imshow(panel, origin="lower", aspect="auto", cmap="magma", vmin=low,
@@ -131,6 +141,25 @@ def spectrogram_figure(source, migrated, config, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse missing inputs before TensorFlow is imported, so such mistakes fail in a blink."""
+    if args.batch_size < 1:
+        raise CliError(f"--batch_size must be positive, got {args.batch_size}")
+    if not os.path.isdir(args.checkpoint_dir):
+        raise CliError(f"checkpoint folder not found: {args.checkpoint_dir}")
+    if not os.path.isfile(args.source):
+        raise CliError(f"source song not found: {args.source}")
+    if not os.path.exists(args.reference):
+        raise CliError(f"reference not found: {args.reference}")
+    if args.source_stats and not os.path.exists(args.source_stats):
+        raise CliError(f"source statistics not found: {args.source_stats}")
+    if os.path.isdir(args.output):
+        raise CliError(f"--output is a folder, expected a .wav path: {args.output}")
+    output_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(output_dir):
+        raise CliError(f"output folder does not exist: {output_dir}")
+
+
 def run(args: argparse.Namespace) -> List[str]:
     """Do the migration; returns the paths written. Raises CliError / ValueError for bad input."""
     import numpy as np
@@ -139,16 +168,6 @@ def run(args: argparse.Namespace) -> List[str]:
     from utils import migration
     from utils.audio import load_audio, save_wav
     from utils.metrics import snr_db
-
-    if args.batch_size < 1:
-        raise CliError(f"--batch_size must be positive, got {args.batch_size}")
-    if not os.path.isfile(args.source):
-        raise CliError(f"source song not found: {args.source}")
-    output_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(output_dir):
-        raise CliError(f"output folder does not exist: {output_dir}")
-    if os.path.isdir(args.output):
-        raise CliError(f"--output is a folder, expected a .wav path: {args.output}")
 
     model, config, feature_stats = load_for_inference(args.checkpoint_dir)
     migration.default_chunking(config, args.chunk_steps, args.overlap_steps)
@@ -172,13 +191,19 @@ def run(args: argparse.Namespace) -> List[str]:
         model, config, feature_stats, samples, args.method, args.strength, reference,
         source_stats=source_stats, griffin_lim=args.griffin_lim, chunk_steps=args.chunk_steps,
         overlap_steps=args.overlap_steps, batch_size=args.batch_size)
-    save_wav(args.output, result.samples, config.sampling_rate)
+    out = result.samples
+    peak = float(np.max(np.abs(out)))
+    if peak > 1.0:
+        # A wav clips at full scale; scaling the whole song keeps its shape (and timbre).
+        out = out * (FULL_SCALE / peak)
+        _warn(f"the migrated song peaks at {20 * math.log10(peak):+.1f} dBFS; scaled by "
+              f"{20 * math.log10(FULL_SCALE / peak):.1f} dB so that the wav does not clip")
+    save_wav(args.output, out, config.sampling_rate)
     figure = os.path.splitext(args.output)[0] + ".png"
-    spectrogram_figure(samples, result.samples, config, figure,
-                       f"{args.method}, strength {args.strength:g}")
-    snr = snr_db(samples, result.samples)
-    print(f"wrote {args.output} ({len(result.samples) / config.sampling_rate:.2f} s, "
-          f"{args.method} at strength {args.strength:g}, SNR vs source {snr:.1f} dB) and {figure}")
+    spectrogram_figure(samples, out, config, figure, f"{args.method}, strength {args.strength:g}")
+    snr = snr_db(samples, out)
+    print(f"wrote {args.output} ({len(out) / config.sampling_rate:.2f} s, {args.method} at "
+          f"strength {args.strength:g}, SNR vs source {snr:.1f} dB) and {figure}")
     return [args.output, figure]
 
 
@@ -188,14 +213,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, or a bad flag already reported on one line
         return int(stop.code or 0)
+    try:
+        check_paths(args)
+    except CliError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    from pipeline import CheckpointMismatch
+    from utils.audio import AudioError
+    from utils.migration import MigrationError, one_line
+
+    expected = (CliError, CheckpointMismatch, AudioError, MigrationError, OSError)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             run(args)
             status = 0
-        except (CliError, ValueError, OSError) as error:
-            message = " ".join(str(error).split()) or type(error).__name__
-            print(f"{PROG}: error: {message}", file=sys.stderr)
+        except expected as error:
+            print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
             status = 1
     for warning in caught:
         if issubclass(warning.category, UserWarning):

@@ -283,11 +283,6 @@ class FlowStep(FlowLayer):
         )
         self.built = True
 
-    def initialize(self, x):
-        x = self.actnorm.initialize(x)
-        x, _ = self.invconv.forward(x)
-        return self.coupling.forward(x)[0]
-
     def forward(self, x):
         x, logdet_a = self.actnorm.forward(x)
         x, logdet_w = self.invconv.forward(x)
@@ -444,7 +439,8 @@ class Glow(keras.Model):
             h = squeeze(h, self.time_only)
             for step in steps:
                 if initialize:
-                    h = step.initialize(h)
+                    # Only the ActNorm is set from data, on the input this step really sees.
+                    step.actnorm.initialize(h)
                 h, step_logdet = step.forward(h)
                 logdet += step_logdet
             prior = self.priors[level]

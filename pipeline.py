@@ -83,8 +83,8 @@ class TrainingDiverged(RuntimeError):
 
 
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text[:400] + (" ..." if len(text) > 400 else "") or type(error).__name__
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 400 else text[:400] + " ..."
 
 
 # ---------------------------------------------------------------------------------- strategy
@@ -206,11 +206,41 @@ def check_checkpoint_dir(config: Config) -> Optional[str]:
     return latest
 
 
+def _saved_model_variables(path: str) -> int:
+    """Variables saved under the checkpoint's ``model`` object (its object graph)."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    stack = [c.node_id for c in graph.nodes[0].children if c.local_name == "model"]
+    seen, count = set(), 0
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        count += any(a.name == "VARIABLE_VALUE" for a in graph.nodes[node].attributes)
+        stack.extend(c.node_id for c in graph.nodes[node].children)
+    return count
+
+
+def _check_model_matches(model: Glow, path: str) -> None:
+    """Restoring only checks that the model's variables are found; a checkpoint of a *larger*
+    model (more steps or levels) would load partially without complaint, so count them too."""
+    saved = _saved_model_variables(path)
+    if saved != len(model.variables):
+        raise CheckpointMismatch(
+            f"{path} holds a model of {saved} variables, but the configuration describes one of "
+            f"{len(model.variables)}: config.json does not belong to this checkpoint"
+        )
+
+
 def _restore_model(model: Glow, checkpoint_dir: str) -> str:
     """Restore the weights of ``model`` from the latest checkpoint (or glow.weights.h5)."""
     latest = tf.train.latest_checkpoint(checkpoint_dir)
     try:
         if latest is not None:
+            _check_model_matches(model, latest)
             status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
             status.assert_existing_objects_matched()
             source = latest
@@ -219,6 +249,8 @@ def _restore_model(model: Glow, checkpoint_dir: str) -> str:
             if not os.path.isfile(source):
                 raise FileNotFoundError(f"no checkpoint and no {WEIGHTS_NAME} in {checkpoint_dir}")
             model.load_weights(source)
+    except CheckpointMismatch:
+        raise
     except (AssertionError, ValueError, KeyError, tf.errors.OpError) as error:
         raise CheckpointMismatch(f"cannot restore {checkpoint_dir}: {_one_line(error)}") from None
     if not model.is_initialized():
@@ -325,6 +357,9 @@ class Trainer:
         loader: the data loader (default ``SongDataLoader(config)``).
         log: where one-line messages go (only the chief worker logs).
         progress: show a tqdm bar; None shows it when stderr is a terminal.
+
+    The model's initial weights come from ``config.seed`` through ``keras.utils.set_random_seed``,
+    which also seeds Python's, NumPy's and TensorFlow's global generators of the process.
     """
 
     def __init__(self, config: Config, strategy: Optional[tf.distribute.Strategy] = None,
@@ -451,7 +486,10 @@ class Trainer:
         if path is None:
             return None
         try:
+            _check_model_matches(self.model, path)
             self.checkpoint.restore(path).assert_existing_objects_matched()
+        except CheckpointMismatch:
+            raise
         except (AssertionError, ValueError, KeyError, tf.errors.OpError) as error:
             raise CheckpointMismatch(f"cannot restore {path}: {_one_line(error)}") from None
         self._broadcast_from_first_replica(self._all_variables())

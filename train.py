@@ -200,20 +200,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipeline import CheckpointMismatch, Trainer, TrainingDiverged
 
     try:
-        if config.demo:
-            from utils.demo_data import make_demo_corpus
+        try:
+            if config.demo:
+                from utils.demo_data import make_demo_corpus
 
-            make_demo_corpus(root=DEMO_DATA_ROOT, sampling_rate=config.sampling_rate)
-        trainer = Trainer(config, progress=False if args.no_progress else None)
-    except (ValueError, OSError) as error:  # CheckpointMismatch is a ValueError
-        return _error(error, 2)
-    try:
-        result = trainer.fit()
-    except KeyboardInterrupt:
+                make_demo_corpus(root=DEMO_DATA_ROOT, sampling_rate=config.sampling_rate)
+            trainer = Trainer(config, progress=False if args.no_progress else None)
+        except (ValueError, OSError) as error:  # CheckpointMismatch is a ValueError
+            return _error(error, 2)
+        try:
+            result = trainer.fit()
+        except (TrainingDiverged, DataError, CheckpointMismatch, OSError) as error:
+            return _error(error, 1)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except (TrainingDiverged, DataError, CheckpointMismatch, OSError) as error:
-        return _error(error, 1)
     return 130 if result.interrupted else 0
 
 

@@ -3,7 +3,6 @@ whole-song processing, and (with a small model trained here) migration on the de
 
 import math
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import tensorflow as tf
 from common_definitions import Config
 from model import Glow
 from utils import migration
-from utils.audio import AudioError, FeatureStats, load_audio, song_to_features
+from utils.audio import AudioError, FeatureStats, load_audio
 from utils.metrics import snr_db
 
 # A toy latent layout: two levels, (w, c) per level, like model.latent_shapes.
@@ -235,20 +234,72 @@ def demo_paths(tmp_path_factory):
                             song_seconds=8.0)
 
 
+def test_audio_segments_crossfade_back_to_every_sample():
+    rng = np.random.default_rng(8)
+    samples = rng.standard_normal(10_007).astype(np.float32)
+    lengths = []
+
+    def render(piece):
+        lengths.append(len(piece))
+        return piece
+
+    out = migration.render_in_segments(samples, 3000, 500, render)
+    np.testing.assert_allclose(out, samples, atol=1e-6)
+    assert max(lengths) == 3000 and len(lengths) == 4
+    # Disjoint segments for statistics cover every sample once, with no stub at the end.
+    pieces = list(migration.iter_segments(samples, 3000))
+    assert sum(len(p) for p in pieces) == len(samples) and min(len(p) for p in pieces) >= 3000
+
+
 @pytest.mark.parametrize("method", sorted(migration.METHODS))
 def test_strength_zero_returns_the_source_audio(tiny_model, demo_paths, method):
+    """Through 3-second audio segments and 32-step chunks: many boundaries of both kinds."""
     samples = load_audio(demo_paths["virtual"][0], TINY.sampling_rate)
     stats = FeatureStats.identity(TINY)
-    reference = migration.songs_latent_stats(
-        tiny_model, TINY, stats, [load_audio(p, TINY.sampling_rate) for p in demo_paths["real"][:2]])
+    real = [load_audio(p, TINY.sampling_rate) for p in demo_paths["real"][:2]]
+    reference = migration.songs_latent_stats(tiny_model, TINY, stats, real)
+    kwargs = dict(chunk_steps=32, overlap_steps=8, segment_seconds=3.0,
+                  segment_overlap_seconds=0.5)
     result = migration.migrate_song(tiny_model, TINY, stats, samples, method, 0.0, reference,
-                                    chunk_steps=32, overlap_steps=8)
+                                    **kwargs)
     assert result.samples.shape == samples.shape
     assert snr_db(samples, result.samples) >= 40.0
     # The latents did move at strength 1, so the identity above is not vacuous.
     moved = migration.migrate_song(tiny_model, TINY, stats, samples, method, 1.0, reference,
-                                   chunk_steps=32, overlap_steps=8)
+                                   **kwargs)
+    assert moved.samples.shape == samples.shape and np.isfinite(moved.samples).all()
     assert snr_db(samples, moved.samples) < 40.0
+
+
+def test_bound_features_keeps_the_source_and_stops_blow_ups():
+    rng = np.random.default_rng(9)
+    source = rng.standard_normal((40, 6, 1)).astype(np.float32)
+    reference = migration.LatentStats(Config(), LAYOUT)
+    reference.feature_min = np.full((6, 1), -1.0)
+    reference.feature_max = np.full((6, 1), 4.0)
+    np.testing.assert_array_equal(migration.bound_features(source, source, reference), source)
+    decoded = source.copy()
+    decoded[3, 2, 0], decoded[5, 1, 0], decoded[7, 0, 0] = 1e9, np.inf, np.nan
+    bounded = migration.bound_features(decoded, source, reference)
+    assert bounded[3, 2, 0] == max(4.0, source[:, 2, 0].max())
+    assert bounded[5, 1, 0] == source[5, 1, 0] and bounded[7, 0, 0] == source[7, 0, 0]
+
+
+def test_waveform_feature_round_trips_too():
+    config = Config(feature="waveform", window_size=512, channel_size=2, k_glow=1, l_glow=2,
+                    hidden_channels=8)
+    model = Glow(config)
+    rng = np.random.default_rng(10)
+    t = np.arange(3 * config.sampling_rate) / config.sampling_rate
+    song = 0.5 * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.standard_normal(len(t))
+    song = song.astype(np.float32)
+    stats = FeatureStats.identity(config)
+    model.initialize(song[:4 * config.window_size].reshape(4, *config.input_shape))
+    reference = migration.songs_latent_stats(model, config, stats, [song[::-1].copy()])
+    for strength, check in ((0.0, lambda snr: snr >= 40.0), (1.0, math.isfinite)):
+        out = migration.migrate_song(model, config, stats, song, "match", strength, reference,
+                                     segment_seconds=1.0, segment_overlap_seconds=0.1).samples
+        assert out.shape == song.shape and check(snr_db(song, out))
 
 
 def test_short_and_silent_sources(tiny_model):
@@ -266,3 +317,79 @@ def test_short_and_silent_sources(tiny_model):
     with pytest.raises(migration.MigrationError, match="another model configuration"):
         migration.migrate_song(tiny_model, TINY.replace(hidden_channels=8), stats, short,
                                "match", 1.0, reference)
+
+
+# ----------------------------------------------------------------------------- a trained model
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny Glow trained by pipeline.Trainer for ~200 steps (under a minute on 2 CPU cores) on
+    songs 0-4 of each demo singer; song 5 of each is held out of training, of the reference
+    statistics and of the singer classifier."""
+    from pipeline import Trainer, load_for_inference
+    from utils.demo_data import make_demo_corpus
+    from utils.metrics import SingerClassifier
+
+    root = tmp_path_factory.mktemp("trained")
+    paths = make_demo_corpus(str(root / "demo"), songs_per_singer=6, song_seconds=20.0)
+    for singer, files in paths.items():
+        (root / "train" / singer).mkdir(parents=True)
+        for path in files[:5]:
+            os.symlink(path, root / "train" / singer / os.path.basename(path))
+    config = Config(
+        k_glow=2, l_glow=2, hidden_channels=32, batch_size=16, epochs=1, steps_per_epoch=200,
+        warmup_steps=50, checkpoint_every=200, log_every=50,
+        data_dirs=(str(root / "train" / "virtual"), str(root / "train" / "real")),
+        records_dir=str(root / "records"), checkpoint_dir=str(root / "ck"),
+        logdir=str(root / "logs"), output_dir=str(root / "out"))
+    Trainer(config, progress=False, log=lambda message: None).fit()
+    model, config, stats = load_for_inference(config.checkpoint_dir)
+    songs = {s: [load_audio(p, config.sampling_rate) for p in files] for s, files in paths.items()}
+    classifier = SingerClassifier().fit({s: songs[s][:5] for s in songs}, config.sampling_rate)
+    reference = migration.songs_latent_stats(model, config, stats, songs["real"][:5])
+    return dict(model=model, config=config, stats=stats, songs=songs, classifier=classifier,
+                reference=reference, root=root)
+
+
+def test_match_moves_a_held_out_song_toward_the_real_singer_and_keeps_its_pitch(trained):
+    from utils.metrics import pitch_metrics
+
+    model, config, stats = trained["model"], trained["config"], trained["stats"]
+    source = trained["songs"]["virtual"][5]
+    classifier, rate = trained["classifier"], config.sampling_rate
+    identity = migration.migrate_song(model, config, stats, source, "match", 0.0,
+                                      trained["reference"]).samples
+    assert snr_db(source, identity) >= 40.0
+    migrated = migration.migrate_song(model, config, stats, source, "match", 1.0,
+                                      trained["reference"]).samples
+    assert migrated.shape == source.shape and np.isfinite(migrated).all()
+    before = classifier.probability(source, "real", rate)
+    after = classifier.probability(migrated, "real", rate)
+    pitch = pitch_metrics(source, migrated, rate)
+    assert after - before >= 0.2, (before, after)
+    assert pitch["raw_pitch_accuracy"] >= 0.9, pitch
+    assert pitch["voicing_recall"] >= 0.9, pitch
+
+
+def test_evaluate_cli_reports_every_metric(trained, tmp_path, capsys):
+    import json
+
+    import evaluate
+
+    root, out = trained["root"], tmp_path / "eval.json"
+    code = evaluate.main([
+        "--checkpoint_dir", str(root / "ck"), "--virtual", str(root / "demo" / "virtual"),
+        "--real", str(root / "train" / "real"), "--methods", "match", "--strengths", "0", "1",
+        "--songs", "1", "--json", str(out)])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "P(real) src -> mig" in table and "held-out bits/dim" in table
+    with open(out, encoding="utf-8") as handle:
+        results = json.load(handle)
+    assert results["evaluated_songs"][0].endswith("song_05.wav")
+    assert not results["classifier"]["in_sample"]
+    assert results["heldout"]["patches"] > 0 and math.isfinite(results["heldout"]["bits_per_dim"])
+    assert results["reconstruction"]["snr_db"] >= 40.0
+    rows = {row["strength"]: row for row in results["migration"]}
+    assert rows[0.0]["snr_db"] >= 40.0 and rows[0.0]["raw_pitch_accuracy"] == 1.0
+    assert rows[1.0]["p_ref_migrated"] - rows[1.0]["p_ref_source"] >= 0.2
+    assert rows[1.0]["raw_pitch_accuracy"] >= 0.9

@@ -167,9 +167,11 @@ def test_whole_song_lengths_share_weights_and_priors():
 
 
 def test_untrained_model_maps_standard_normal_data_to_standard_normal_latents():
-    # At initialisation every coupling is the identity and every prior is N(0, 1): after ActNorm
-    # init on N(0, 1) data the latents are N(0, 1) too, so bits/dim is near 1/2 log2(2 pi e).
-    model = Glow(input_shape=(32, 16, 1), k_glow=2, l_glow=2, hidden_channels=8)
+    # At initialisation an additive coupling is the identity and every prior is N(0, 1): after
+    # ActNorm init on N(0, 1) data the latents are N(0, 1) too, so bits/dim is near
+    # 1/2 log2(2 pi e). (An affine coupling starts at scale sigmoid(2) instead.)
+    model = Glow(input_shape=(32, 16, 1), k_glow=2, l_glow=2, hidden_channels=8,
+                 coupling="additive")
     x = tf.random.stateless_normal((16, 32, 16, 1), seed=[3, 3])
     model.initialize(x)
     z, _ = model.encode(x)
@@ -252,3 +254,26 @@ def test_glow_from_config_uses_its_fields():
 def test_bad_model_arguments_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Glow(**{"k_glow": 1, "l_glow": 2, "hidden_channels": 4, **kwargs})
+
+
+def test_model_initialize_normalises_every_actnorm_on_its_own_input():
+    model = Glow(input_shape=(16, 8, 1), k_glow=3, l_glow=2, hidden_channels=8)
+    # Non-identity couplings before init, so each step really changes the data it passes on.
+    rng = np.random.default_rng(5)
+    for steps in model.levels:
+        for step in steps:
+            for v in step.coupling.trainable_variables:
+                v.assign(v.numpy() + 0.3 * rng.standard_normal(v.shape).astype(np.float32))
+    x = tf.random.stateless_normal((32, 16, 8, 1), seed=[30, 31]) * 2.0 + 0.5
+    assert model.initialize(x)
+    h = x
+    for level, steps in enumerate(model.levels):
+        h = squeeze(h, model.time_only)
+        for step in steps:
+            normalised, _ = step.actnorm.forward(h)
+            mean, var = tf.nn.moments(normalised, axes=[0, 1, 2])
+            np.testing.assert_allclose(mean.numpy(), 0.0, atol=1e-4)
+            np.testing.assert_allclose(var.numpy(), 1.0, atol=1e-2)
+            h, _ = step.forward(h)
+        if model.priors[level].conditional:
+            h = h[..., : h.shape[-1] // 2]

@@ -199,6 +199,11 @@ def test_load_for_inference(trained, tmp_path):
                                trained.trainer.model.encode(trained.batch)[0], atol=1e-6)
     with pytest.raises(FileNotFoundError, match="not found"):
         load_for_inference(str(tmp_path / "missing"))
+    # A config.json of a smaller model would restore partially without the variable count.
+    copied = copy_run(trained, tmp_path / "smaller")
+    trained.config.replace(k_glow=1).save(os.path.join(copied.checkpoint_dir, "config.json"))
+    with pytest.raises(CheckpointMismatch, match="does not belong to this checkpoint"):
+        load_for_inference(copied.checkpoint_dir)
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_for_inference(str(tmp_path))
 
@@ -238,11 +243,12 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(trained, tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
 
     trainer = Trainer(config, log=log, progress=False)
+    handler = signal.getsignal(signal.SIGINT)
     result = trainer.fit()
     assert result.interrupted and result.step == 12 + config.log_every
     assert result.checkpoint.endswith(f"ckpt-{result.step}")
     assert tf.train.load_variable(result.checkpoint, "step/.ATTRIBUTES/VARIABLE_VALUE") == result.step
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler  # restored after training
 
 
 class NaNLoader(SongDataLoader):
@@ -302,6 +308,7 @@ from common_definitions import Config
 from pipeline import Trainer
 
 # clip_norm is out of reach: a gradient summed twice would then show in Adam's moments.
+# K=1 because tracing dominates the run time and grows with the number of flow steps.
 config = Config(n_fft=62, hop_length=16, window_size=16, k_glow=1, l_glow=2, hidden_channels=8,
                 batch_size=8, warmup_steps=2, learning_rate=2e-3, clip_norm=1e6,
                 checkpoint_dir=sys.argv[1] + "/one", records_dir=sys.argv[1] + "/none")
@@ -353,6 +360,7 @@ os.environ["TF_CONFIG"] = json.dumps({
 from common_definitions import Config
 from pipeline import Trainer
 
+# K=L=1: two workers trace on two cores at once, and tracing grows with the number of layers.
 config = Config(n_fft=62, hop_length=16, window_size=16, k_glow=1, l_glow=1, hidden_channels=8,
                 batch_size=8, warmup_steps=2, learning_rate=2e-3, records_dir=records,
                 checkpoint_dir=folder + "/ck", logdir=folder + "/logs", output_dir=folder + "/out")

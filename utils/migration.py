@@ -51,7 +51,6 @@ from utils.audio import (
     AUDIO_EXTENSIONS,
     AudioError,
     FeatureStats,
-    SongFeatures,
     check_audio,
     features_to_song,
     is_audio_file,
@@ -67,6 +66,13 @@ STATS_FORMAT_VERSION = 1
 
 class MigrationError(ValueError):
     """A one-line, user-facing error of the migration tools (bad statistics, input or method)."""
+
+
+def one_line(error: BaseException, limit: int = 400) -> str:
+    """An error's message on one line for the CLIs, cut to ``limit`` characters (a failed
+    checkpoint restore lists every unmatched variable)."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    return message if len(message) <= limit else message[:limit - 3] + "..."
 
 
 # ----------------------------------------------------------------------------- latent layout
@@ -87,7 +93,7 @@ def piece_shapes(latent_shapes: Sequence[Tuple[int, int]], time_steps: int
 
 def split_latent(z: np.ndarray, latent_shapes: Sequence[Tuple[int, int]], time_steps: int
                  ) -> List[np.ndarray]:
-    """z (B, D) -> list of per-level pieces (B, h_l, w_l, c_l); the inverse of :func:`join_latent`."""
+    """z (B, D) -> per-level pieces (B, h_l, w_l, c_l); the inverse of :func:`join_latent`."""
     shapes = piece_shapes(latent_shapes, time_steps)
     sizes = [h * w * c for h, w, c in shapes]
     if z.shape[-1] != sum(sizes):
@@ -234,7 +240,8 @@ class LatentStats:
 
     def save(self, path: str) -> None:
         """Write an ``.npz``: per level ``count``, ``mean_<l>``, ``var_<l>``; the feature range
-        ``feature_min`` / ``feature_max``; the config JSON and the latent layout. Written atomically (a crash leaves the old file)."""
+        ``feature_min`` / ``feature_max``; the config JSON and the latent layout. Written
+        atomically (a crash leaves the old file)."""
         arrays = {
             "format_version": np.array(STATS_FORMAT_VERSION),
             "config_json": np.array(self.config.to_json()),
@@ -311,7 +318,7 @@ def match(z: np.ndarray, source: Moments, reference: Moments, strength: float) -
     return z + strength * (matched - z)
 
 
-# name -> (function(z, source, reference, strength) -> z', needs source statistics)
+# name -> function(z, source, reference, strength) -> z'; NEEDS_SOURCE says which use `source`.
 METHODS: Dict[str, Callable[[np.ndarray, Optional[Moments], Moments, float], np.ndarray]] = {
     "midpoint": midpoint,
     "shift": shift,
@@ -372,10 +379,12 @@ def default_chunking(config: Config, chunk_steps: Optional[int] = None,
     chunk = int(chunk_steps or config.input_shape[0])
     if chunk < 1 or chunk % config.time_multiple:
         raise MigrationError(
-            f"chunk_steps ({chunk}) must be a positive multiple of 2**l_glow={config.time_multiple}")
+            f"chunk_steps ({chunk}) must be a positive multiple of "
+            f"2**l_glow={config.time_multiple}")
     overlap = chunk // 4 if overlap_steps is None else int(overlap_steps)
     if not 0 <= overlap < chunk:
-        raise MigrationError(f"overlap_steps ({overlap}) must be >= 0 and below chunk_steps ({chunk})")
+        raise MigrationError(
+            f"overlap_steps ({overlap}) must be >= 0 and below chunk_steps ({chunk})")
     return chunk, overlap
 
 
@@ -606,7 +615,7 @@ def songs_latent_stats(model, config: Config, feature_stats: FeatureStats,
     Each song is featurised one segment at a time (:func:`iter_segments`) and its aligned,
     non-overlapping patches are streamed through the model (:func:`feature_latent_stats`).
     """
-    segment, _ = segment_lengths(config, segment_seconds)
+    segment, _ = segment_lengths(config, segment_seconds, overlap_seconds=0.0)
     features = (song_to_features(piece, config, feature_stats)
                 for samples in songs for piece in iter_segments(samples, segment))
     return feature_latent_stats(
@@ -729,12 +738,13 @@ def migrate_song(
 
 def reconstruct_song(model, config: Config, feature_stats: FeatureStats, samples: np.ndarray,
                      chunk_steps: Optional[int] = None, overlap_steps: Optional[int] = None,
-                     batch_size: int = 8, segment_seconds: Optional[float] = None) -> np.ndarray:
+                     batch_size: int = 8, segment_seconds: Optional[float] = None,
+                     segment_overlap_seconds: Optional[float] = None) -> np.ndarray:
     """decode(encode(song)) through the same segments and chunks as :func:`migrate_song`, with
     the source phase: (N,) float32 samples. Measures how exactly the model and the stitching
     invert (it should be the source to float32 precision)."""
     samples = check_source(samples, config)
-    segment, overlap = segment_lengths(config, segment_seconds)
+    segment, overlap = segment_lengths(config, segment_seconds, segment_overlap_seconds)
     chunk, chunk_overlap = default_chunking(config, chunk_steps, overlap_steps)
 
     def render(piece):
