@@ -9,9 +9,11 @@
 ``--source_stats`` (an ``.npz`` or a folder of songs) or, by default, from the source song itself.
 Strength 0 returns the source; strength 1 is the method's full move (see utils/migration.py).
 
-Writes ``OUT.wav`` (16-bit PCM at the model's rate, exactly as long as the source) and, beside it,
-``OUT.png`` comparing the source and migrated spectrograms. Bad input is reported as one line
-``migrate.py: error: ...`` with exit status 1 (2 for a malformed command line).
+Writes ``OUT.wav`` (16-bit PCM at the model's rate, exactly as long as the source; scaled down
+with a warning if it would clip) and, beside it, ``OUT.png`` comparing the source and migrated
+spectrograms. A source shorter than one patch is padded for encoding (with a warning). Bad input
+is reported as one line ``migrate.py: error: ...`` with exit status 1 (2 for a malformed command
+line). ``--chunk_steps``, ``--overlap_steps`` and ``--batch_size`` tune the chunked encoding.
 """
 
 from __future__ import annotations

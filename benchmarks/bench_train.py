@@ -25,20 +25,31 @@ from common import (
     tfp_glow,
 )
 
-import keras
+import tempfile
+
 import tensorflow as tf
 
-from model import Glow
-from pipeline import make_train_step
+from common_definitions import Config
+from pipeline import Trainer
+
+
+def reference_config(ref, workdir: str) -> Config:
+    """A spectrogram Config whose patch has exactly the reference input shape."""
+    height, width, _ = ref.input_shape
+    return Config(n_fft=2 * (width - 1), hop_length=width // 2, window_size=height,
+                  k_glow=ref.k_glow, l_glow=ref.l_glow, hidden_channels=ref.hidden_channels,
+                  batch_size=ref.batch_size, learning_rate=1e-4, checkpoint_dir=workdir,
+                  logdir=workdir, records_dir=workdir, output_dir=workdir)
 
 
 def our_step(ref, batch):
-    model = Glow(input_shape=ref.input_shape, k_glow=ref.k_glow, l_glow=ref.l_glow,
-                 hidden_channels=ref.hidden_channels)
-    model.initialize(batch)
-    optimizer = keras.optimizers.Adam(1e-4)
-    step = make_train_step(model, optimizer)
-    return lambda: step(batch)[0].numpy()
+    """One call of the Trainer's compiled loop for one step: the step ``train.py`` runs."""
+    trainer = Trainer(reference_config(ref, tempfile.mkdtemp(prefix="bench_train_")),
+                      log=lambda message: None, progress=False)
+    assert trainer.model.image_shape == tuple(ref.input_shape)
+    trainer.initialize(batch)
+    iterator = iter(trainer.distribute(tf.data.Dataset.from_tensors(batch).repeat()))
+    return lambda: trainer.train_steps(iterator, 1)
 
 
 def tfp_step(ref, batch):

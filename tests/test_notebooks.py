@@ -129,7 +129,8 @@ def test_experiment_notebook(run):
     nb = execute("experiment.ipynb", {
         "logdir": run.config.logdir, "checkpoint_dir": run.config.checkpoint_dir,
         "virtual_dir": run.virtual, "real_dir": run.real, "evaluation_json": str(evaluation),
-        "eval_songs": 1, "eval_strengths": [0.0, 1.0], "spectrum_path": str(spectrum),
+        "heldout_dir": None, "make_demo_data": False, "eval_songs": 1,
+        "eval_strengths": [0.0, 1.0], "spectrum_path": str(spectrum),
         "spectrum_seconds": None, "batch_size": 64,
     })
     # Training curves, evaluation chart, spectrum comparison, latent space.

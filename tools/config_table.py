@@ -152,13 +152,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.check:
             if readme_table(args.readme) != config_table():
-                print(f"{args.readme}: the Config table is out of date; run "
+                print(f"{os.path.relpath(args.readme)}: the Config table is out of date; run "
                       "python tools/config_table.py --write", file=sys.stderr)
                 return 1
-            print(f"{args.readme}: the Config table is up to date")
+            print(f"{os.path.relpath(args.readme)}: the Config table is up to date")
         elif args.write:
             changed = write_readme(args.readme)
-            print(f"{args.readme}: {'table updated' if changed else 'already up to date'}")
+            state = "table updated" if changed else "already up to date"
+            print(f"{os.path.relpath(args.readme)}: {state}")
         else:
             print(config_table())
     except (OSError, ValueError) as error:
