@@ -248,25 +248,27 @@ class AffineCoupling(FlowLayer):
         self.built = True
 
     def _shift_scale(self, x_a):
+        """(shift, scale logit) from the conditioning half; the logit is None when additive."""
         h = self.network(x_a)
         if not self.affine:
             return h, None
         shift, raw = tf.split(h, 2, axis=-1)
-        return shift, tf.sigmoid(raw + self.scale_shift)
+        return shift, raw + self.scale_shift
 
     def forward(self, x):
         x_a, x_b = x[..., : self.split_at], x[..., self.split_at :]
-        shift, scale = self._shift_scale(x_a)
-        if scale is None:
+        shift, logit = self._shift_scale(x_a)
+        if logit is None:
             return tf.concat([x_a, x_b + shift], axis=-1), tf.zeros([tf.shape(x)[0]])
-        y_b = (x_b + shift) * scale
-        logdet = tf.reduce_sum(tf.math.log(scale), axis=[1, 2, 3])
+        y_b = (x_b + shift) * tf.sigmoid(logit)
+        # log(sigmoid) directly: no log(0) when the scale underflows.
+        logdet = tf.reduce_sum(tf.math.log_sigmoid(logit), axis=[1, 2, 3])
         return tf.concat([x_a, y_b], axis=-1), logdet
 
     def inverse(self, y):
         y_a, y_b = y[..., : self.split_at], y[..., self.split_at :]
-        shift, scale = self._shift_scale(y_a)
-        x_b = y_b - shift if scale is None else y_b / scale - shift
+        shift, logit = self._shift_scale(y_a)
+        x_b = y_b - shift if logit is None else y_b / tf.sigmoid(logit) - shift
         return tf.concat([y_a, x_b], axis=-1)
 
 

@@ -55,7 +55,14 @@ import keras
 from common_definitions import Config
 from data_loader import SongDataLoader
 from model import Glow, standard_normal_log_prob
-from utils.audio import FeatureStats, features_to_song, save_wav, song_to_features, spectrogram
+from utils.audio import (
+    FeatureStats,
+    check_invertible,
+    features_to_song,
+    save_wav,
+    song_to_features,
+    spectrogram,
+)
 
 CONFIG_NAME = "config.json"
 STATS_NAME = "feature_stats.json"
@@ -345,8 +352,9 @@ class Trainer:
     """Trains a :class:`Glow` on the records of ``config`` under a tf.distribute strategy.
 
     ``Trainer(config)`` builds the strategy (:func:`make_strategy`, or ``strategy``), and inside
-    its scope the model, a warm-up Adam and the checkpoint; refuses a ``checkpoint_dir`` holding a
-    checkpoint of another model (:class:`CheckpointMismatch`) and otherwise restores the latest
+    its scope the model, a warm-up Adam and the checkpoint; refuses spectrogram settings whose STFT
+    cannot be inverted for the audio summaries (``ValueError``) and a ``checkpoint_dir`` holding a
+    checkpoint of another model (:class:`CheckpointMismatch`), and otherwise restores the latest
     checkpoint there, printing ``resumed from PATH at step N``. :meth:`fit` then makes the records
     (incrementally), initialises ActNorm on the first global batch unless restored, and trains to
     ``config.epochs * config.steps_per_epoch`` steps.
@@ -382,6 +390,10 @@ class Trainer:
         self._last_clips: Optional[Clips] = None
         self.last_checkpoint: Optional[str] = None
 
+        if config.feature == "spectrogram":
+            # The summaries and output wavs invert spectrograms: refuse before training, not
+            # after the first epoch.
+            check_invertible(config)
         latest = check_checkpoint_dir(config)
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():

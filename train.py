@@ -17,6 +17,7 @@ another model), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -87,6 +88,32 @@ _FLAGS = (
 _CHOICES = {"feature": FEATURES, "coupling": COUPLINGS}
 
 
+def _finite_float(text: str) -> float:
+    """A float flag: NaN and infinities are refused (an infinite learning rate would write
+    non-finite weights on the first step, before any check could skip it)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """--seed: an integer in [0, 2**32 - 1], the range NumPy's seeding accepts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32 - 1], got {value}")
+    return value
+
+
+_TYPES = {float: _finite_float}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + message
         self.exit(2, f"{PROG}: error: {' '.join(message.split())}\n")
@@ -118,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train on the bundled synthetic corpus (generated on first use) with "
                              "small demo defaults; see below")
     for name, kind, text in _FLAGS:
+        kind = _seed if name == "seed" else _TYPES.get(kind, kind)
         parser.add_argument(f"--{name}", type=kind, default=None, choices=_CHOICES.get(name),
                             metavar=None if name in _CHOICES else name.upper(),
                             help=f"{text} ({_default_text(name)})")
@@ -142,9 +170,25 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _writable_dir(path: str, flag: str) -> None:
+    """Refuse ``path`` unless it is, or can be created as, a writable folder.
+
+    Creates nothing: a refused run (or one refused later, e.g. for a checkpoint of another
+    model) leaves no empty output folders behind. A missing folder is judged by its nearest
+    existing ancestor.
+    """
+    target = os.path.abspath(path)
+    existing = target
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "" if existing == target else f"{existing}, above it, "
+        raise OSError(f"{flag} {path} is not a writable folder ({where}is not a folder)")
+    if existing != target:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OSError(f"{flag} {path} is not a writable folder ({existing} is not writable)")
+        return
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        with tempfile.TemporaryFile(dir=target):
             pass
     except OSError as error:
         reason = error.strerror or str(error)
@@ -190,6 +234,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as stop:  # --help, or a bad flag already reported on one line
         return int(stop.code or 0)
     try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C before training started (e.g. while TensorFlow loads), or
+        print(f"{PROG}: interrupted", file=sys.stderr)  # a second one while saving
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
         config = config_from_args(args)
         check_paths(config)
     except (ValueError, OSError) as error:
@@ -200,21 +252,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipeline import CheckpointMismatch, Trainer, TrainingDiverged
 
     try:
-        try:
-            if config.demo:
-                from utils.demo_data import make_demo_corpus
+        if config.demo:
+            from utils.demo_data import make_demo_corpus
 
-                make_demo_corpus(root=DEMO_DATA_ROOT, sampling_rate=config.sampling_rate)
-            trainer = Trainer(config, progress=False if args.no_progress else None)
-        except (ValueError, OSError) as error:  # CheckpointMismatch is a ValueError
-            return _error(error, 2)
-        try:
-            result = trainer.fit()
-        except (TrainingDiverged, DataError, CheckpointMismatch, OSError) as error:
-            return _error(error, 1)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+            make_demo_corpus(root=DEMO_DATA_ROOT, sampling_rate=config.sampling_rate)
+        trainer = Trainer(config, progress=False if args.no_progress else None)
+    except (ValueError, OSError) as error:  # CheckpointMismatch is a ValueError
+        return _error(error, 2)
+    try:
+        result = trainer.fit()
+    except (TrainingDiverged, DataError, CheckpointMismatch, OSError) as error:
+        return _error(error, 1)
     return 130 if result.interrupted else 0
 
 

@@ -260,7 +260,9 @@ def stft(samples, config: Config, center: bool = True) -> tf.Tensor:
     )
 
 
-def _check_invertible(config: Config) -> None:
+def check_invertible(config: Config) -> None:
+    """Raise a one-line ``ValueError`` unless spectrograms of ``config`` can be turned back into
+    audio (:func:`istft`, Griffin-Lim): the hop must be below ``n_fft``."""
     if config.hop_length >= config.n_fft:
         raise ValueError(
             f"hop_length ({config.hop_length}) must be below n_fft ({config.n_fft}) for the "
@@ -275,7 +277,7 @@ def istft(spec, config: Config, num_samples, center: bool = True) -> tf.Tensor:
     squared window (librosa's ``istft`` normalisation), so the result equals the STFT's input at
     every sample, edges included, to float32 precision. Output past the frames' reach is zero.
     """
-    _check_invertible(config)
+    check_invertible(config)
     spec = tf.convert_to_tensor(spec)
     window = _window(config)
     frames = tf.signal.irfft(spec, fft_length=[config.n_fft]) * window
@@ -364,7 +366,7 @@ def griffin_lim(
     of ``hop_length``, where the two STFTs coincide, they agree to float32 round-off (tested).
     ``log_mag`` is ``[frames, bins]`` with ``frames == num_frames(num_samples)``.
     """
-    _check_invertible(config)
+    check_invertible(config)
     log_mag = tf.convert_to_tensor(log_mag, tf.float32)
     frames, bins = log_mag.shape[-2], log_mag.shape[-1]
     if frames != num_frames(int(num_samples), config) or bins != config.n_bins:
