@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Optional, Tuple
 
@@ -166,12 +167,16 @@ class Config:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("learning_rate", "clip_norm", "log_floor", "shard_size_seconds"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0 or value != value:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+            if not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if not isinstance(self.scale_shift, (int, float)) or not math.isfinite(self.scale_shift):
+            raise ValueError(f"scale_shift must be a finite number, got {self.scale_shift!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature < math.inf:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         if self.l_glow > 12:
             raise ValueError(f"l_glow must be at most 12, got {self.l_glow}")
         step = 2 ** self.l_glow

@@ -19,7 +19,6 @@ CLI::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -31,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from common_definitions import FEATURES, Config
+from utils.cli import OneLineArgumentParser
 from utils.audio import (
     AUDIO_EXTENSIONS,
     AudioError,
@@ -549,15 +549,10 @@ class SongDataLoader:
 
 
 # ---------------------------------------------------------------------------------- CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not usage + message
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Make records from audio folders. Exit 0 when some song was written, 1 when none was or a
     folder is missing or empty, 2 on a bad flag."""
-    parser = _Parser(prog="data_loader.py", description="Audio folders -> TFRecord shards.")
+    parser = OneLineArgumentParser(prog="data_loader.py", description="Audio folders -> TFRecord shards.")
     parser.add_argument("audio_dirs", nargs="+", metavar="AUDIO_DIR",
                         help="folders of audio; each folder's name labels its songs")
     parser.add_argument("--out", required=True, metavar="RECORDS_DIR", help="records folder")

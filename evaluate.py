@@ -31,6 +31,8 @@ import sys
 import time
 from typing import Dict, Iterable, List, Optional, Sequence
 
+from utils.cli import CliError, OneLineArgumentParser, finite_float
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
@@ -40,32 +42,13 @@ METHOD_NAMES = ("midpoint", "shift", "match")
 VIRTUAL, REAL = "virtual", "real"
 
 
-class CliError(Exception):
-    """A user-facing failure reported as one line."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint_dir", required=True, help="trained checkpoint")
     parser.add_argument("--virtual", required=True, help="folder of the source singer's songs")
     parser.add_argument("--real", required=True, help="folder of the reference singer's songs")
     parser.add_argument("--methods", nargs="+", choices=METHOD_NAMES, default=list(METHOD_NAMES))
-    parser.add_argument("--strengths", nargs="+", type=_finite, default=[0.0, 0.5, 1.0])
+    parser.add_argument("--strengths", nargs="+", type=finite_float, default=[0.0, 0.5, 1.0])
     parser.add_argument("--songs", type=int, default=3,
                         help="virtual songs to migrate, the last ones in name order "
                              "(default %(default)s)")

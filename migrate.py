@@ -25,6 +25,8 @@ import sys
 import warnings
 from typing import List, Optional, Sequence
 
+from utils.cli import CliError, OneLineArgumentParser, finite_float
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PROG = "migrate.py"
@@ -33,27 +35,8 @@ METHOD_NAMES = ("midpoint", "shift", "match")
 FULL_SCALE = 10.0 ** (-0.1 / 20.0)
 
 
-class CliError(Exception):
-    """A user-facing failure reported as one line."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _strength(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint_dir", required=True,
                         help="trained checkpoint (config.json and feature_stats.json inside)")
     parser.add_argument("--source", required=True, help="the song to migrate (wav/mp3/flac/ogg)")
@@ -61,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of reference songs, or a statistics .npz")
     parser.add_argument("--method", choices=METHOD_NAMES, default="match",
                         help="latent move (default %(default)s)")
-    parser.add_argument("--strength", type=_strength, default=1.0,
+    parser.add_argument("--strength", type=finite_float, default=1.0,
                         help="0 = the source, 1 = the method's full move (default %(default)s)")
     parser.add_argument("--output", required=True, help="output .wav; a .png goes beside it")
     parser.add_argument("--source_stats",

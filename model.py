@@ -29,7 +29,7 @@ Dinh et al., "Density estimation using Real NVP" (2017).
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf

@@ -17,7 +17,6 @@ another model), 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from typing import Optional, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from common_definitions import COUPLINGS, FEATURES, Config  # noqa: E402  (TensorFlow-free)
+from utils.cli import OneLineArgumentParser, finite_float  # noqa: E402
 
 PROG = "train.py"
 DEMO_DATA_ROOT = os.path.join("runs", "demo_data")
@@ -88,18 +88,6 @@ _FLAGS = (
 _CHOICES = {"feature": FEATURES, "coupling": COUPLINGS}
 
 
-def _finite_float(text: str) -> float:
-    """A float flag: NaN and infinities are refused (an infinite learning rate would write
-    non-finite weights on the first step, before any check could skip it)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
 def _seed(text: str) -> int:
     """--seed: an integer in [0, 2**32 - 1], the range NumPy's seeding accepts."""
     try:
@@ -111,12 +99,7 @@ def _seed(text: str) -> int:
     return value
 
 
-_TYPES = {float: _finite_float}
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not usage + message
-        self.exit(2, f"{PROG}: error: {' '.join(message.split())}\n")
+_TYPES = {float: finite_float}
 
 
 def _default_text(name: str) -> str:
@@ -131,7 +114,7 @@ def _default_text(name: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     demo = ", ".join(f"{k}={v}" for k, v in DEMO_DEFAULTS.items())
-    parser = _Parser(
+    parser = OneLineArgumentParser(
         prog=PROG,
         description="Train the SinGlow Glow flow on songs. Rerunning resumes from the latest "
                     "checkpoint in --checkpoint_dir.",

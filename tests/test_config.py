@@ -26,7 +26,10 @@ def test_json_round_trip(tmp_path):
 @pytest.mark.parametrize("changes,match", [
     (dict(feature="mel"), "feature must be one of"),
     (dict(k_glow=0), "k_glow must be a positive integer"),
-    (dict(learning_rate=-1.0), "learning_rate must be a positive number"),
+    (dict(learning_rate=-1.0), "learning_rate must be a positive finite number"),
+    (dict(learning_rate=float("inf")), "learning_rate must be a positive finite number"),
+    (dict(temperature=float("nan")), "temperature must be a finite number"),
+    (dict(seed=-1), "seed must be an integer"),
     (dict(window_size=60), "does not divide by 2\\*\\*l_glow=8"),
     (dict(n_fft=512), "257 frequency bins"),
     (dict(channel_size=2), "channel_size must be 1"),
