@@ -208,6 +208,20 @@ def _stat(path: str) -> Tuple[int, int]:
     return info.st_size, info.st_mtime_ns
 
 
+def read_records_manifest(records_dir: str) -> Optional[dict]:
+    """The records manifest of ``records_dir``, or None when the folder holds no records (any other
+    ``manifest.json``, e.g. the demo corpus's, is not one)."""
+    try:
+        with open(os.path.join(records_dir, MANIFEST), encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION or not \
+            isinstance(manifest.get("files"), dict):
+        return None
+    return manifest
+
+
 class SongDataLoader:
     """Makes and loads the TFRecords of a corpus under one :class:`Config`."""
 
@@ -219,16 +233,7 @@ class SongDataLoader:
         return records_dir if records_dir is not None else self.config.records_dir
 
     def _read_manifest(self, records_dir: str) -> Optional[dict]:
-        path = os.path.join(records_dir, MANIFEST)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                manifest = json.load(handle)
-        except (OSError, ValueError):
-            return None
-        if manifest.get("version") != MANIFEST_VERSION or not isinstance(
-                manifest.get("files"), dict):
-            return None
-        return manifest
+        return read_records_manifest(records_dir)
 
     def _write_manifest(self, records_dir: str, manifest: dict) -> None:
         path = os.path.join(records_dir, MANIFEST)

@@ -194,14 +194,14 @@ def _load_folder(folder: str, config, what: str):
 
 
 def _heldout(model, config, feature_stats, path: Optional[str], songs, batch_size: int):
-    from data_loader import SongDataLoader
+    from data_loader import SongDataLoader, read_records_manifest
 
     if path is None:
         batches = song_patch_batches(config, feature_stats, (s for _, s in songs), batch_size)
         return dict(heldout_bits_per_dim(model, batches), source="--virtual and --real songs")
     if not os.path.isdir(path):
         raise CliError(f"--heldout not found: {path}")
-    if os.path.isfile(os.path.join(path, "manifest.json")):
+    if read_records_manifest(path) is not None:
         loader = SongDataLoader(config.replace(records_dir=path))
         if not loader.stats(path).matches(config):
             raise CliError(f"records in {path} were made with other feature settings")

@@ -293,3 +293,16 @@ def test_cli_errors_are_one_line_with_a_non_zero_exit(tmp_path):
     assert data_loader.main([str(tmp_path / "only bad"), "--out", str(tmp_path / "r")]) == 1
     assert data_loader.main([str(tmp_path / "empty")]) == 2  # --out is required
     assert data_loader.main([str(tmp_path), "--out", "r", "--window_size", "63"]) == 2
+
+
+def test_only_a_records_manifest_counts_as_records(tmp_path):
+    from data_loader import read_records_manifest
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    # The demo corpus writes a manifest.json of its own: that folder holds songs, not records.
+    (corpus / "manifest.json").write_text('{"params": {}, "singers": [], "files": {}}')
+    assert read_records_manifest(str(corpus)) is None
+    (corpus / "manifest.json").write_text("not json")
+    assert read_records_manifest(str(corpus)) is None
+    assert read_records_manifest(str(tmp_path / "missing")) is None

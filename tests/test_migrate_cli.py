@@ -150,4 +150,4 @@ def test_bad_flags_are_one_line_usage_errors(setup):
     assert result.stderr.startswith("migrate.py: error:") and len(result.stderr.splitlines()) == 1
     result = _migrate("--checkpoint_dir", setup["ck"], "--source", setup["source"],
                       "--reference", setup["real"], "--output", "x.wav", "--strength", "nan")
-    assert result.returncode == 2 and "must be finite" in result.stderr
+    assert result.returncode == 2 and "must be a finite number" in result.stderr
