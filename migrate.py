@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk_steps", type=int,
                         help="time steps per encoded chunk (default: the training patch)")
     parser.add_argument("--overlap_steps", type=int,
-                        help="crossfaded steps between chunks (default: a quarter chunk)")
+                        help="crossfaded steps between chunks (default: an eighth of a chunk)")
     parser.add_argument("--batch_size", type=int, default=8, help="chunks per model call")
     return parser
 

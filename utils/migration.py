@@ -26,7 +26,7 @@ one (so strength 0 returns the source to float32 rounding):
   phase, migrated, turned back into audio with that phase, and crossfaded with its neighbours.
   Features, phase and STFT temporaries exist for one segment at a time, so a 30-minute song needs
   no more memory than a one-minute one beyond its input and output samples;
-- feature *chunks* inside a segment (default one training patch, a quarter patch of overlap):
+- feature *chunks* inside a segment (default one training patch, an eighth of a patch of overlap):
   encoded a batch at a time, moved, decoded and stitched in the feature domain. The model only
   ever sees inputs of the training length, so its activation memory is fixed.
 
@@ -374,14 +374,14 @@ def crossfade_weights(chunk_steps: int, overlap_steps: int, first: bool, last: b
 
 def default_chunking(config: Config, chunk_steps: Optional[int] = None,
                      overlap_steps: Optional[int] = None) -> Tuple[int, int]:
-    """``(chunk_steps, overlap_steps)``: one training patch with a quarter patch of overlap
+    """``(chunk_steps, overlap_steps)``: one training patch with an eighth of a patch of overlap
     unless given; ``chunk_steps`` must divide by ``2**l_glow``."""
     chunk = int(chunk_steps or config.input_shape[0])
     if chunk < 1 or chunk % config.time_multiple:
         raise MigrationError(
             f"chunk_steps ({chunk}) must be a positive multiple of "
             f"2**l_glow={config.time_multiple}")
-    overlap = chunk // 4 if overlap_steps is None else int(overlap_steps)
+    overlap = chunk // 8 if overlap_steps is None else int(overlap_steps)
     if not 0 <= overlap < chunk:
         raise MigrationError(
             f"overlap_steps ({overlap}) must be >= 0 and below chunk_steps ({chunk})")
