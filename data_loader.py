@@ -474,6 +474,7 @@ class SongDataLoader:
         repeat: bool = True,
         labels: bool = False,
         seed: Optional[int] = None,
+        stats: Optional[FeatureStats] = None,
     ) -> tf.data.Dataset:
         """Batches of normalised patches ``(B, H, W, C)`` float32 (``config.input_shape``).
 
@@ -484,6 +485,8 @@ class SongDataLoader:
                 :meth:`aligned_step`) instead of random ones; deterministic, for evaluation.
             repeat: repeat forever (a new draw of random windows every epoch).
             labels: yield ``(patches, labels)`` with ``labels (B,)`` tf.string folder names.
+            stats: normalise with these statistics (e.g. a checkpoint's) instead of the
+                records' own.
             seed: seeds the shuffles and the windows (default ``config.seed``); the same seed
                 gives the same batches.
 
@@ -493,7 +496,7 @@ class SongDataLoader:
         config = self.config
         records_dir = self._records_dir(records_dir)
         shards = self.shard_paths(records_dir)
-        stats = self.stats(records_dir)
+        stats = self.stats(records_dir) if stats is None else stats
         batch_size = config.batch_size if batch_size is None else int(batch_size)
         seed = config.seed if seed is None else int(seed)
         patch = config.patch_samples

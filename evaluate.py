@@ -206,9 +206,8 @@ def _heldout(model, config, feature_stats, path: Optional[str], songs, batch_siz
         if not loader.stats(path).matches(config):
             raise CliError(f"records in {path} were made with other feature settings")
         # The checkpoint's normalisation, not the records' own, is what the model was fitted to.
-        batches = (feature_stats.normalize(loader.stats(path).denormalize(b.numpy()))
-                   for b in loader.load(path, batch_size, training=False, aligned=True,
-                                        repeat=False))
+        batches = (b.numpy() for b in loader.load(path, batch_size, training=False, aligned=True,
+                                                  repeat=False, stats=feature_stats))
         return dict(heldout_bits_per_dim(model, batches), source=f"records {path}")
     folder_songs = _load_folder(path, config, "held-out")
     batches = song_patch_batches(config, feature_stats, (s for _, s in folder_songs), batch_size)

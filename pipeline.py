@@ -381,7 +381,6 @@ class Trainer:
         self.loader = loader or SongDataLoader(config)
         self.global_batch_size = config.batch_size
         self.stats: Optional[FeatureStats] = None
-        self._data_stats: Optional[FeatureStats] = None
         self._bar = None
         self._writer = None
         self._clip_cache = None
@@ -573,23 +572,14 @@ class Trainer:
             if self.is_chief:
                 self.loader.make(config.data_dirs, config.records_dir, log=self.log)
             self._barrier()  # the other workers read what the chief wrote (shared storage)
-        self._data_stats = self.loader.stats(config.records_dir)
+        data_stats = self.loader.stats(config.records_dir)
         if self.stats is None:
-            self.stats = self._data_stats
-        elif not (np.array_equal(self.stats.mean, self._data_stats.mean)
-                  and np.array_equal(self.stats.std, self._data_stats.std)):
+            self.stats = data_stats
+        elif not (np.array_equal(self.stats.mean, data_stats.mean)
+                  and np.array_equal(self.stats.std, data_stats.std)):
             self.log("the records' feature statistics changed since the checkpoint was written; "
                      "normalising with the checkpoint's")
         return self.stats
-
-    def _renormalize(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
-        """Map the loader's normalisation onto ``self.stats`` when the two differ."""
-        data, wanted = self._data_stats, self.stats
-        if data is None or wanted is None or data is wanted or (
-                np.array_equal(data.mean, wanted.mean) and np.array_equal(data.std, wanted.std)):
-            return dataset
-        return dataset.map(lambda x: wanted.normalize(data.denormalize(x)),
-                           num_parallel_calls=tf.data.AUTOTUNE)
 
     def training_dataset(self, start_step: int = 0) -> tf.data.Dataset:
         """Global batches ``(B, H, W, C)`` for the steps from ``start_step`` on.
@@ -599,16 +589,18 @@ class Trainer:
         """
         key = f"{self.config.seed}/{self.worker_index}/{start_step}".encode()
         dataset = self.loader.load(self.config.records_dir, batch_size=self.global_batch_size,
-                                   training=True, repeat=True, seed=zlib.crc32(key) & 0x7FFFFFFF)
+                                   training=True, repeat=True, seed=zlib.crc32(key) & 0x7FFFFFFF,
+                                   stats=self.stats)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        return self._renormalize(dataset).with_options(options)
+        return dataset.with_options(options)
 
     def init_batch(self) -> tf.Tensor:
         """The first global batch under ``config.seed``: identical on every worker."""
         dataset = self.loader.load(self.config.records_dir, batch_size=self.global_batch_size,
-                                   training=True, repeat=True, seed=self.config.seed)
-        return next(iter(self._renormalize(dataset)))
+                                   training=True, repeat=True, seed=self.config.seed,
+                                   stats=self.stats)
+        return next(iter(dataset))
 
     def distribute(self, dataset: tf.data.Dataset):
         """``strategy.experimental_distribute_dataset`` of global batches."""

@@ -16,6 +16,7 @@ import data_loader
 from common_definitions import Config
 from data_loader import DataError, SongDataLoader
 from tests.test_audio import tone
+from utils.audio import FeatureStats
 
 RATE = 16000
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -306,3 +307,15 @@ def test_only_a_records_manifest_counts_as_records(tmp_path):
     (corpus / "manifest.json").write_text("not json")
     assert read_records_manifest(str(corpus)) is None
     assert read_records_manifest(str(tmp_path / "missing")) is None
+
+
+def test_load_normalises_with_the_statistics_it_is_given(made):
+    # A checkpoint's statistics replace the records' own, in the one featurising map.
+    config, _, _ = made
+    loader = SongDataLoader(config)
+    own = loader.stats()
+    kwargs = dict(training=False, aligned=True, repeat=False, batch_size=4)
+    default = next(iter(loader.load(**kwargs))).numpy()
+    raw = next(iter(loader.load(stats=FeatureStats.identity(config), **kwargs))).numpy()
+    np.testing.assert_allclose(own.normalize(raw), default, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(raw, default)
