@@ -36,6 +36,7 @@ import tensorflow as tf
 import keras
 
 from common_definitions import Config
+from utils.flow_ops import conv_from_few, conv_to_few
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -176,6 +177,20 @@ class Invertible1x1Conv(FlowLayer):
         return self._apply(y, self.inverse_weight())
 
 
+# Below this many positions per example, the extra slicing ops of the GEMM formulation of thin
+# convolutions cost more than they save (benchmarks/bench_train.py, 2-core AVX-512 CPU).
+_GEMM_MIN_POSITIONS = 512
+
+
+def _gemm_pays(x) -> bool:
+    """Whether ``utils.flow_ops``' GEMM convolutions beat conv2d for the map ``x`` (B, H, W, C).
+
+    Unknown spatial sizes (a whole song traced once for any length) count as large.
+    """
+    height, width = x.shape[1], x.shape[2]
+    return height is None or width is None or height * width >= _GEMM_MIN_POSITIONS
+
+
 class ZeroConv2D(keras.layers.Layer):
     """A convolution whose kernel and bias start at zero, scaled by ``exp(3 * logs)``.
 
@@ -193,8 +208,12 @@ class ZeroConv2D(keras.layers.Layer):
         self.built = True
 
     def call(self, x):
-        h = tf.nn.conv2d(x, self.kernel, strides=1, padding="SAME") + self.bias
-        return h * tf.exp(3.0 * self.logs)
+        kernel = tf.convert_to_tensor(self.kernel)
+        if _gemm_pays(x) and kernel.shape[2] >= 8 * kernel.shape[3]:
+            h = conv_to_few(x, kernel)
+        else:
+            h = tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
+        return (h + self.bias) * tf.exp(3.0 * self.logs)
 
 
 class CouplingNetwork(keras.layers.Layer):
@@ -220,7 +239,12 @@ class CouplingNetwork(keras.layers.Layer):
         self.built = True
 
     def call(self, x):
-        return self.conv_out(self.conv_hidden(self.conv_in(x)))
+        if _gemm_pays(x):
+            kernel = tf.convert_to_tensor(self.conv_in.kernel)
+            h = tf.nn.relu(conv_from_few(x, kernel) + self.conv_in.bias)
+        else:
+            h = self.conv_in(x)
+        return self.conv_out(self.conv_hidden(h))
 
 
 class AffineCoupling(FlowLayer):
@@ -256,7 +280,7 @@ class AffineCoupling(FlowLayer):
         return shift, raw + self.scale_shift
 
     def forward(self, x):
-        x_a, x_b = x[..., : self.split_at], x[..., self.split_at :]
+        x_a, x_b = tf.split(x, [self.split_at, -1], axis=-1)
         shift, logit = self._shift_scale(x_a)
         if logit is None:
             return tf.concat([x_a, x_b + shift], axis=-1), tf.zeros([tf.shape(x)[0]])
@@ -266,7 +290,7 @@ class AffineCoupling(FlowLayer):
         return tf.concat([x_a, y_b], axis=-1), logdet
 
     def inverse(self, y):
-        y_a, y_b = y[..., : self.split_at], y[..., self.split_at :]
+        y_a, y_b = tf.split(y, [self.split_at, -1], axis=-1)
         shift, logit = self._shift_scale(y_a)
         x_b = y_b - shift if logit is None else y_b / tf.sigmoid(logit) - shift
         return tf.concat([y_a, x_b], axis=-1)
@@ -448,7 +472,7 @@ class Glow(keras.Model):
             prior = self.priors[level]
             if prior.conditional:
                 kept = h.shape[-1] // 2
-                h, z = h[..., :kept], h[..., kept:]
+                h, z = tf.split(h, 2, axis=-1)
                 eps, prior_logdet = prior.whiten(z, h)
             else:
                 eps, prior_logdet = prior.whiten(h)

@@ -20,7 +20,16 @@ import subprocess
 import sys
 import time
 
-from common import REFERENCES, ROOT, alternate, describe_machine, print_table, tfp_glow
+from common import (
+    REFERENCES,
+    ROOT,
+    alternate,
+    describe_machine,
+    glow_forward_flops,
+    matmul_ceiling_gflops,
+    print_table,
+    tfp_glow,
+)
 
 import numpy as np
 import tensorflow as tf
@@ -139,6 +148,15 @@ def main() -> None:
              f"{medians['TFP Glow'] / seconds:.2f}x"] for name, seconds in medians.items()]
     print(f"\nencode+decode of {ref.batch_size} R-spec patches {ref.input_shape} (target >= 2x TFP)")
     print_table(["implementation", "ms/batch", "patches/s", "vs TFP"], rows)
+    # Encode and decode each run every convolution once. At the best rate TensorFlow reaches on
+    # this machine (a large float32 GEMM), their FLOPs alone bound any float32 implementation.
+    conv_flops = 2 * ref.batch_size * glow_forward_flops(
+        ref.input_shape, ref.k_glow, ref.l_glow, ref.hidden_channels)
+    ceiling = matmul_ceiling_gflops()
+    floor_ms = 1000 * conv_flops / (ceiling * 1e9)
+    print(f"float32 floor: encode+decode is {conv_flops / 1e9:.1f} GFLOP of convolutions, "
+          f"{floor_ms:.0f} ms at the measured matmul ceiling ({ceiling:.0f} GFLOP/s); "
+          f"2x TFP would need {medians['TFP Glow'] * 500:.0f} ms")
 
     memory = peak_memory(args.minutes)
     base = memory[0]["peak_mib"]
