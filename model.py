@@ -177,18 +177,10 @@ class Invertible1x1Conv(FlowLayer):
         return self._apply(y, self.inverse_weight())
 
 
-# Below this many positions per example, the extra slicing ops of the GEMM formulation of thin
-# convolutions cost more than they save (benchmarks/bench_train.py, 2-core AVX-512 CPU).
-_GEMM_MIN_POSITIONS = 512
-
-
-def _gemm_pays(x) -> bool:
-    """Whether ``utils.flow_ops``' GEMM convolutions beat conv2d for the map ``x`` (B, H, W, C).
-
-    Unknown spatial sizes (a whole song traced once for any length) count as large.
-    """
-    height, width = x.shape[1], x.shape[2]
-    return height is None or width is None or height * width >= _GEMM_MIN_POSITIONS
+# Coupling networks conditioned on at most this many channels compute their thin convolutions as
+# GEMMs (utils/flow_ops.py): oneDNN's direct conv2d is slow to or from 1-4 channels, but fast
+# enough from 8 on that the GEMMs' extra shifting ops no longer pay (benchmarks/bench_train.py).
+_GEMM_MAX_CONDITIONING_CHANNELS = 4
 
 
 class ZeroConv2D(keras.layers.Layer):
@@ -198,8 +190,10 @@ class ZeroConv2D(keras.layers.Layer):
     identity and each prior as N(0, 1) (Glow's ``conv2d_zeros``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Tuple[int, int], **kwargs):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Tuple[int, int],
+                 gemm: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.gemm = gemm  # compute as utils.flow_ops.conv_to_few (same values, faster when thin)
         self.kernel = self.add_weight(
             shape=(*kernel_size, in_channels, out_channels), initializer="zeros", name="kernel"
         )
@@ -209,7 +203,7 @@ class ZeroConv2D(keras.layers.Layer):
 
     def call(self, x):
         kernel = tf.convert_to_tensor(self.kernel)
-        if _gemm_pays(x) and kernel.shape[2] >= 8 * kernel.shape[3]:
+        if self.gemm:
             h = conv_to_few(x, kernel)
         else:
             h = tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
@@ -220,11 +214,13 @@ class CouplingNetwork(keras.layers.Layer):
     """``k x k conv -> ReLU -> 1x1 conv -> ReLU -> zero-initialised k x k conv``.
 
     ``kernel_size`` is (3, 3) for images and (3, 1) for waveforms (width 1), so no multiply is
-    spent on padding.
+    spent on padding. With at most ``_GEMM_MAX_CONDITIONING_CHANNELS`` input channels, the first
+    and last convolutions run as GEMMs (``utils.flow_ops``): the same function, computed faster.
     """
 
     def __init__(self, in_channels, hidden_channels, out_channels, kernel_size, **kwargs):
         super().__init__(**kwargs)
+        self.gemm = in_channels <= _GEMM_MAX_CONDITIONING_CHANNELS
         self.conv_in = keras.layers.Conv2D(
             hidden_channels, kernel_size, padding="same", activation="relu", name="conv_in",
             kernel_initializer=keras.initializers.RandomNormal(stddev=0.05),
@@ -233,13 +229,14 @@ class CouplingNetwork(keras.layers.Layer):
             hidden_channels, 1, padding="same", activation="relu", name="conv_hidden",
             kernel_initializer=keras.initializers.RandomNormal(stddev=0.05),
         )
-        self.conv_out = ZeroConv2D(hidden_channels, out_channels, kernel_size, name="conv_out")
+        self.conv_out = ZeroConv2D(hidden_channels, out_channels, kernel_size, gemm=self.gemm,
+                                   name="conv_out")
         self.conv_in.build((None, None, None, in_channels))
         self.conv_hidden.build((None, None, None, hidden_channels))
         self.built = True
 
     def call(self, x):
-        if _gemm_pays(x):
+        if self.gemm:
             kernel = tf.convert_to_tensor(self.conv_in.kernel)
             h = tf.nn.relu(conv_from_few(x, kernel) + self.conv_in.bias)
         else:

@@ -82,23 +82,23 @@ def test_even_kernel_is_refused(fn):
 # ----------------------------------------------------------------------------- inside the flow
 @pytest.fixture
 def gemm_everywhere(monkeypatch):
-    """Route every coupling network through the GEMM convolutions, whatever the map size."""
-    monkeypatch.setattr(model_module, "_GEMM_MIN_POSITIONS", 0)
+    """Route every coupling network built from now on through the GEMM convolutions."""
+    monkeypatch.setattr(model_module, "_GEMM_MAX_CONDITIONING_CHANNELS", 10 ** 9)
 
 
-def test_gemm_threshold_is_what_routes_the_coupling_network(monkeypatch):
-    assert model_module._gemm_pays(tf.zeros((1, 32, 16, 2)))
-    assert not model_module._gemm_pays(tf.zeros((1, 8, 8, 2)))
-    assert model_module._gemm_pays(tf.TensorSpec([None, None, 8, 2]))  # a whole song
-    monkeypatch.setattr(model_module, "_GEMM_MIN_POSITIONS", 0)
-    assert model_module._gemm_pays(tf.zeros((1, 1, 1, 2)))
+def test_thin_coupling_networks_take_the_gemm_route():
+    thin = AffineCoupling(8, 32, (3, 3)).network          # conditioned on 4 channels
+    wide = AffineCoupling(16, 32, (3, 3)).network         # conditioned on 8
+    assert thin.gemm and thin.conv_out.gemm
+    assert not wide.gemm and not wide.conv_out.gemm
 
 
 @pytest.mark.parametrize("coupling", ["affine", "additive"])
 def test_gemm_coupling_inverse_and_logdet_match_jacobian(gemm_everywhere, coupling):
-    layer = AffineCoupling(4, 32, (3, 3), coupling)
-    x = tf.random.stateless_normal((1, 4, 4, 4), seed=[1, 2])
+    layer = AffineCoupling(16, 32, (3, 3), coupling)
+    x = tf.random.stateless_normal((1, 4, 2, 16), seed=[1, 2])
     layer(x)
+    assert layer.network.gemm
     for v in layer.trainable_variables:
         v.assign(v + 0.1 * tf.random.stateless_normal(v.shape, seed=[3, 4]))
     y, logdet = layer.forward(x)
@@ -113,8 +113,8 @@ def test_gemm_glow_matches_conv2d_glow(monkeypatch, shape):
     x = tf.random.stateless_normal((4, *shape), seed=[5, 6])
     weights = None
     results = []
-    for min_positions in (10 ** 9, 0):
-        monkeypatch.setattr(model_module, "_GEMM_MIN_POSITIONS", min_positions)
+    for max_channels in (0, 10 ** 9):  # conv2d everywhere, then GEMMs everywhere
+        monkeypatch.setattr(model_module, "_GEMM_MAX_CONDITIONING_CHANNELS", max_channels)
         model = Glow(input_shape=shape, k_glow=2, l_glow=2, hidden_channels=32)
         model.initialize(x)
         if weights is None:
@@ -136,10 +136,12 @@ def test_gemm_glow_matches_conv2d_glow(monkeypatch, shape):
 
 
 def test_gemm_glow_logdet_equals_brute_force_jacobian(gemm_everywhere):
-    model = Glow(input_shape=(16, 8, 1), k_glow=2, l_glow=2, hidden_channels=16)
-    model.initialize(tf.random.stateless_normal((8, 16, 8, 1), seed=[10, 11]))
+    # Three channels in: every level's couplings are conditioned on more than 4 channels.
+    model = Glow(input_shape=(8, 4, 3), k_glow=2, l_glow=2, hidden_channels=16)
+    assert all(step.coupling.network.gemm for steps in model.levels for step in steps)
+    model.initialize(tf.random.stateless_normal((8, 8, 4, 3), seed=[10, 11]))
     _perturb(model, 0.05)
-    x = tf.random.stateless_normal((1, 16, 8, 1), seed=[12, 13])
+    x = tf.random.stateless_normal((1, 8, 4, 3), seed=[12, 13])
     _, logdet = model.encode(x)
     expected = _brute_force_logdet(lambda t: model.encode(t)[0], x)
     assert abs(float(logdet[0]) - expected) <= 1e-3

@@ -19,6 +19,7 @@ kernels HWIO, as ``tf.nn.conv2d``.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -42,16 +43,21 @@ def _shifted_sum(taps, kh: int, kw: int, gather: bool):
     gather=True:  out[p] = sum_t taps[p + d_t, t]   (a conv's forward: each output reads its taps)
     gather=False: out[q] = sum_t taps[q - d_t, t]   (a conv's input gradient: each input scatters)
     where d_t = (i - kh//2, j - kw//2) is tap t's offset. Returns (B, H, W, C).
+
+    The shifts are one depthwise conv with a one-hot kernel (channel (t, c) reads only tap t's
+    offset), about twice as fast as kh*kw strided slices of the 5-D tensor on this CPU.
     """
-    height, width = tf.shape(taps)[1], tf.shape(taps)[2]
-    padded = _pad_hw(taps, kh, kw)
-    parts = []
+    channels = taps.shape[-1]
+    shape = tf.shape(taps)
+    one_hot = np.zeros((kh, kw, kh * kw * channels, 1), np.float32)
     for i in range(kh):
         for j in range(kw):
-            top = i if gather else kh - 1 - i
-            left = j if gather else kw - 1 - j
-            parts.append(padded[:, top:top + height, left:left + width, i * kw + j, :])
-    return tf.add_n(parts)
+            t = i * kw + j
+            row, col = (i, j) if gather else (kh - 1 - i, kw - 1 - j)
+            one_hot[row, col, t * channels:(t + 1) * channels, 0] = 1.0
+    flat = tf.reshape(taps, [shape[0], shape[1], shape[2], kh * kw * channels])
+    shifted = tf.nn.depthwise_conv2d(flat, tf.constant(one_hot, taps.dtype), [1, 1, 1, 1], "SAME")
+    return tf.reduce_sum(tf.reshape(shifted, shape), axis=3)
 
 
 def _shifted_stack(g, kh: int, kw: int):
