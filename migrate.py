@@ -203,6 +203,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CliError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
+    try:
+        return _checked_run(args)
+    except KeyboardInterrupt:  # the wav is written whole or not at all (save_wav is atomic)
+        print(f"{PROG}: interrupted; {args.output} was not written", file=sys.stderr)
+        return 130
+
+
+def _checked_run(args: argparse.Namespace) -> int:
+    """:func:`run`, with expected failures and warnings reported on one line each."""
     from pipeline import CheckpointMismatch
     from utils.audio import AudioError
     from utils.migration import MigrationError, one_line

@@ -72,6 +72,8 @@ LN2 = math.log(2.0)
 # Length of the clip reconstructed and sampled for TensorBoard and the output wavs: long enough
 # to hear a phrase, short enough that Griffin-Lim on it costs a second or two per epoch.
 SUMMARY_SECONDS = 4.0
+# Signals that stop training gracefully (save the step reached, then exit).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Dynamic range shown by the spectrogram images (80 dB of amplitude, in nats of log-magnitude).
 IMAGE_RANGE_NATS = 80.0 / 20.0 * math.log(10.0)
 
@@ -335,9 +337,9 @@ class TrainResult:
 
     step: the global step at the end; history: one dict per finished epoch (``epoch``, ``step``,
     ``nll`` nats/patch, ``bits_per_dim``, ``z_mean``, ``z_var``, ``skipped_steps``,
-    ``steps_per_second``); interrupted: stopped by Ctrl-C (a checkpoint was saved);
+    ``steps_per_second``); interrupted: stopped by Ctrl-C or SIGTERM (a checkpoint was saved);
     checkpoint: the last checkpoint written (or restored); outputs: name -> path of the wavs and
-    weights written at the end.
+    weights written at the end; stop_signal: the number of the signal that stopped it, else 0.
     """
 
     step: int
@@ -345,6 +347,7 @@ class TrainResult:
     interrupted: bool = False
     checkpoint: Optional[str] = None
     outputs: Dict[str, str] = dataclasses.field(default_factory=dict)
+    stop_signal: int = 0
 
 
 # ---------------------------------------------------------------------------------- trainer
@@ -384,7 +387,7 @@ class Trainer:
         self._bar = None
         self._writer = None
         self._clip_cache = None
-        self._stop_requested = False
+        self._stop_signal: Optional[int] = None
         self._last_saved_step = -1
         self._last_clips: Optional[Clips] = None
         self.last_checkpoint: Optional[str] = None
@@ -766,22 +769,31 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     @contextlib.contextmanager
     def _graceful_interrupt(self):
-        """First Ctrl-C: finish the running call, save, stop. Second Ctrl-C: stop at once."""
+        """First Ctrl-C or SIGTERM: finish the running call, save, stop. A second one: stop at once.
+
+        SIGTERM is what schedulers and ``docker stop`` send before killing a job, so a pre-empted
+        run keeps the step it reached instead of redoing a checkpoint interval.
+        """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = signal.getsignal(signal.SIGINT)
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
         def request_stop(signum, frame):
-            self._stop_requested = True
-            signal.signal(signal.SIGINT, previous)
-            self.log("interrupted: saving a checkpoint after the running steps (Ctrl-C again to abort)")
+            self._stop_signal = signum
+            for other, handler in previous.items():
+                signal.signal(other, handler)
+            how = "interrupted" if signum == signal.SIGINT else "terminated"
+            self.log(f"{how}: saving a checkpoint after the running steps "
+                     f"({'Ctrl-C' if signum == signal.SIGINT else 'the signal'} again to abort)")
 
-        signal.signal(signal.SIGINT, request_stop)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, request_stop)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def _make_bar(self, start: int, total: int):
         from tqdm import tqdm
@@ -817,8 +829,7 @@ class Trainer:
             self._writer = tf.summary.create_file_writer(config.logdir)
         self.initialize()
         iterator = iter(self.distribute(self.training_dataset(start)))
-        self._stop_requested = False
-        interrupted = False
+        self._stop_signal = None
         epoch_totals, epoch_seconds = np.zeros(6), 0.0
         try:
             with self._graceful_interrupt():
@@ -841,8 +852,7 @@ class Trainer:
                     if step % config.steps_per_epoch == 0:
                         history.append(self._end_epoch(step, epoch_totals, epoch_seconds))
                         epoch_totals, epoch_seconds = np.zeros(6), 0.0
-                    if self._stop_requested:
-                        interrupted = True
+                    if self._stop_signal is not None:
                         break
         finally:
             if self._bar is not None:
@@ -853,9 +863,11 @@ class Trainer:
                 self._writer = None
         if self._last_saved_step != self.global_step:
             self.save()
-        if interrupted:
-            self.log(f"interrupted at step {self.global_step}; checkpoint saved: {self.last_checkpoint}")
-            return TrainResult(self.global_step, history, True, self.last_checkpoint)
+        if self._stop_signal is not None:
+            how = "interrupted" if self._stop_signal == signal.SIGINT else "terminated"
+            self.log(f"{how} at step {self.global_step}; checkpoint saved: {self.last_checkpoint}")
+            return TrainResult(self.global_step, history, True, self.last_checkpoint,
+                               stop_signal=int(self._stop_signal))
         outputs = {}
         weights = self.export_weights()
         if weights:

@@ -7,11 +7,12 @@ Each ``--data_dir`` folder's name labels its songs. Records are made (incrementa
 ``--records_dir``; checkpoints, ``config.json`` and ``feature_stats.json`` go to
 ``--checkpoint_dir``; TensorBoard events to ``--logdir``; ``reconstruction.wav`` and
 ``sample.wav`` to ``--output_dir``. Running the same command again resumes from the latest
-checkpoint; a larger ``--epochs`` trains on. Ctrl-C saves a checkpoint and exits (status 130).
+checkpoint; a larger ``--epochs`` trains on. Ctrl-C (or SIGTERM, as sent by schedulers) saves a
+checkpoint of the step reached and exits (status 130, or 143 for SIGTERM).
 
 Exit status: 0 done, 1 training failed (no usable data, diverged), 2 refused before any work
 (a bad flag, a missing or unreadable data folder, an unwritable output folder, a checkpoint of
-another model), 130 interrupted.
+another model), 130 interrupted by Ctrl-C, 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -246,7 +247,8 @@ def _run(args: argparse.Namespace) -> int:
         result = trainer.fit()
     except (TrainingDiverged, DataError, CheckpointMismatch, OSError) as error:
         return _error(error, 1)
-    return 130 if result.interrupted else 0
+    # The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM).
+    return 128 + result.stop_signal if result.interrupted else 0
 
 
 if __name__ == "__main__":

@@ -167,6 +167,23 @@ def test_save_wav_clips_and_round_trips(tmp_path):
     assert np.array_equal(audio.load_audio(path, RATE), x[11:])
 
 
+def test_save_wav_interrupted_mid_write_keeps_the_earlier_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "song.wav")
+    audio.save_wav(path, tone(0.5), RATE)
+    before = open(path, "rb").read()
+    real_write = sf.write
+
+    def write_half_then_interrupt(file, data, *args, **kwargs):
+        real_write(file, data[: len(data) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(audio.sf, "write", write_half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        audio.save_wav(path, tone(1.0), RATE)
+    assert open(path, "rb").read() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["song.wav"]
+
+
 def test_extensions_match_in_any_case_and_skip_hidden_names():
     assert audio.is_audio_file("a/Song ü.WAV") and audio.is_audio_file("x.Mp3")
     assert audio.is_audio_file("x.flac") and audio.is_audio_file("x.OGG")

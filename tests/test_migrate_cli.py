@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -151,3 +153,21 @@ def test_bad_flags_are_one_line_usage_errors(setup):
     result = _migrate("--checkpoint_dir", setup["ck"], "--source", setup["source"],
                       "--reference", setup["real"], "--output", "x.wav", "--strength", "nan")
     assert result.returncode == 2 and "must be a finite number" in result.stderr
+
+
+def test_ctrl_c_exits_130_without_a_traceback_and_keeps_the_earlier_wav(setup, tmp_path):
+    out = tmp_path / "song.wav"
+    out.write_bytes(b"an earlier result")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "migrate.py"), "--checkpoint_dir", setup["ck"],
+         "--source", setup["source"], "--reference", setup["real"], "--output", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    time.sleep(1.0)  # TensorFlow is still loading
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.rstrip().splitlines()[-1] == f"migrate.py: interrupted; {out} was not written"
+    assert out.read_bytes() == b"an earlier result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["song.wav"]

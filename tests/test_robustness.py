@@ -474,20 +474,23 @@ def test_a_kill_inside_a_checkpoint_save_never_leaves_a_half_written_one_picked(
     assert_only_whole_checkpoints(checkpoint_dir)  # ckpt-15 rewritten whole
 
 
-# ---------------------------------------------------------------------------------- SIGINT
-def test_sigint_saves_the_step_it_reached_and_exits_130(records, tmp_path):
+# ------------------------------------------------------------------------ SIGINT and SIGTERM
+@pytest.mark.parametrize("signum,word", [(signal.SIGINT, "interrupted"),
+                                         (signal.SIGTERM, "terminated")], ids=["SIGINT", "SIGTERM"])
+def test_stop_signal_saves_the_step_it_reached_and_exits_128_plus_signal(records, tmp_path,
+                                                                         signum, word):
     checkpoint_dir = str(tmp_path / "ck")
     command = [*TINY_FLAGS, "--records_dir", records.dir, "--epochs", "1000",
                "--steps_per_epoch", "20", "--checkpoint_every", "5",
                *output_flags(tmp_path, records=False)]
     process = start_script("train.py", command, str(tmp_path), "train")
     reached = wait_until(lambda: 5 in recorded_steps(checkpoint_dir), process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     returncode, stdout, stderr = finish(process)
     assert reached, stderr[-3000:]
-    assert returncode == 130, stderr[-3000:]
+    assert returncode == 128 + signum, stderr[-3000:]
     assert "Traceback" not in stderr
-    match = re.search(r"interrupted at step (\d+); checkpoint saved: (\S+)", stdout)
+    match = re.search(word + r" at step (\d+); checkpoint saved: (\S+)", stdout)
     assert match, stdout
     step, path = int(match.group(1)), match.group(2)
     assert 5 <= step < 20000 and path == os.path.join(checkpoint_dir, f"ckpt-{step}")

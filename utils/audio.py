@@ -213,15 +213,26 @@ def check_audio(samples: np.ndarray, config: Config) -> None:
 
 
 def save_wav(path: str, samples: np.ndarray, sampling_rate: int, subtype: str = "PCM_16") -> None:
-    """Write mono ``samples`` (float, [-1, 1]) as a WAV file.
+    """Write mono ``samples`` (float, [-1, 1]) as a WAV file, whole or not at all.
 
     ``subtype`` is ``"PCM_16"`` (default) or ``"FLOAT"``. Samples are clipped to [-1, 1], NaN is
-    written as 0 and +-inf as +-1, so a generated signal never produces an unreadable file.
+    written as 0 and +-inf as +-1, so a generated signal never produces an unreadable file. The
+    file is written beside ``path`` and renamed over it, so an interrupted write leaves any earlier
+    file at ``path`` untouched and no truncated wav behind.
     """
     samples = np.nan_to_num(np.asarray(samples, dtype=np.float32).reshape(-1), nan=0.0)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    sf.write(path, np.clip(samples, -1.0, 1.0), int(sampling_rate), subtype=subtype, format="WAV")
+    # A plain name (not mkstemp's private 0600 file), so the wav gets the usual permissions.
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.part")
+    try:
+        sf.write(tmp, np.clip(samples, -1.0, 1.0), int(sampling_rate), subtype=subtype,
+                 format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 # ---------------------------------------------------------------------------------- STFT
