@@ -6,7 +6,7 @@ Every test injects a fault into the real thing and checks what survives:
   train.py and migrate.py; exactly the valid files are used and every bad one is named;
 - train.py is SIGKILLed mid-epoch and rerun with the same command (it resumes from its last
   recorded checkpoint and ends at step 40), SIGKILLed inside a checkpoint save (the half-written
-  checkpoint is never picked), and interrupted with SIGINT (it saves the step it reached);
+  checkpoint is never picked), and stopped by SIGINT or SIGTERM (it saves the step it reached);
 - NaN/Inf batches are injected into train.py's input: isolated ones are skipped and counted,
   a run of them stops training with one line and a finite last checkpoint;
 - bad flags and folders are refused before any work, with nothing created;
