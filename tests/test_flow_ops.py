@@ -70,7 +70,7 @@ def test_traced_once_for_any_spatial_size(fn):
         expected_grad = tape.gradient(expected_loss, x)
         np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(grad.numpy(), expected_grad.numpy(), rtol=1e-5, atol=1e-3)
-    assert len(value_and_grad._list_all_concrete_functions()) == 1
+    assert value_and_grad.experimental_get_tracing_count() == 1
 
 
 @pytest.mark.parametrize("fn", [conv_from_few, conv_to_few], ids=lambda f: f.__name__)

@@ -1,8 +1,9 @@
 """Convolutions for the thin ends of a coupling network, written so oneDNN spends its time in GEMMs.
 
-A coupling network maps a few channels (2-16) to many (hidden, e.g. 256) and back to a few. For
-those thin ends, oneDNN's direct conv2d kernels run at 20-50 GFLOP/s on a 2-core AVX-512 CPU where
-a GEMM of the same work reaches 80-140 (``benchmarks/bench_train.py`` prints the ceiling):
+A coupling network maps a few channels to many (hidden, e.g. 256) and back to a few. To or from
+1-4 channels, oneDNN's direct conv2d kernels run at 20-50 GFLOP/s on a 2-core AVX-512 CPU, where a
+GEMM of the same work reaches 80-140 (the ceiling is about 200; ``benchmarks/bench_train.py``
+prints it). ``model.CouplingNetwork`` uses these functions for such thin couplings:
 
 - ``conv_from_few``: k x k conv from few input channels. Forward and filter gradient stay conv2d
   (fast for this shape); the input gradient, which oneDNN computes slowly, is one GEMM onto
@@ -11,10 +12,11 @@ a GEMM of the same work reaches 80-140 (``benchmarks/bench_train.py`` prints the
   channels and a shifted sum; both gradients are GEMMs against the shifted stack of the incoming
   gradient.
 
-Both compute exactly the 'SAME' (zero-padded, stride 1) cross-correlation of ``tf.nn.conv2d`` with
-odd kernel sizes, in float32, with the same summation inputs (only the order of the additions
-differs), so they can replace it in a flow without changing its maths. Layouts are NHWC and
-kernels HWIO, as ``tf.nn.conv2d``.
+Both compute the 'SAME' (zero-padded, stride 1) cross-correlation of ``tf.nn.conv2d`` with odd
+kernel sizes in float32: the same products, summed in another order, so they agree with it to
+float32 rounding and can replace it in a flow without changing its maths. (Non-finite inputs
+give non-finite outputs in both, though not always the same ones: the one-hot shift turns an
+infinity's neighbours into NaN.) Layouts are NHWC and kernels HWIO, as ``tf.nn.conv2d``.
 """
 
 from __future__ import annotations
