@@ -32,7 +32,7 @@ PROG = "train.py"
 DEMO_DATA_ROOT = os.path.join("runs", "demo_data")
 
 # What --demo changes for flags the user did not pass: a model that trains on 2 CPU cores in
-# about five minutes (about 3.5 steps/s) and still learns audible structure.
+# about three minutes (about 6 steps/s) and still learns audible structure.
 DEMO_DEFAULTS = {
     "k_glow": 4,
     "l_glow": 3,
