@@ -469,7 +469,7 @@ class Glow(keras.Model):
             prior = self.priors[level]
             if prior.conditional:
                 kept = h.shape[-1] // 2
-                h, z = tf.split(h, 2, axis=-1)
+                h, z = tf.split(h, [kept, -1], axis=-1)
                 eps, prior_logdet = prior.whiten(z, h)
             else:
                 eps, prior_logdet = prior.whiten(h)

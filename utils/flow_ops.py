@@ -32,12 +32,6 @@ def _check_kernel(kernel) -> tuple:
     return kh, kw
 
 
-def _pad_hw(x, kh: int, kw: int):
-    """Zero-pad the two spatial axes of a rank-4 or rank-5 tensor by the kernel's half sizes."""
-    pads = [[0, 0], [kh // 2, kh // 2], [kw // 2, kw // 2]] + [[0, 0]] * (x.shape.rank - 3)
-    return tf.pad(x, pads)
-
-
 def _shifted_sum(taps, kh: int, kw: int, gather: bool):
     """Sum of per-tap maps, each shifted to where its tap lands.
 
@@ -68,7 +62,7 @@ def _shifted_stack(g, kh: int, kw: int):
     Row p of the result is what tap t's weights must be correlated with to get a conv's gradients.
     """
     height, width = tf.shape(g)[1], tf.shape(g)[2]
-    padded = _pad_hw(g, kh, kw)
+    padded = tf.pad(g, [[0, 0], [kh // 2, kh // 2], [kw // 2, kw // 2], [0, 0]])
     parts = [padded[:, kh - 1 - i:kh - 1 - i + height, kw - 1 - j:kw - 1 - j + width, :]
              for i in range(kh) for j in range(kw)]
     stacked = tf.concat(parts, axis=-1)
