@@ -795,6 +795,26 @@ class Trainer:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
+    def _agreed_stop_signal(self) -> Optional[int]:
+        """The signal that stops training after this chunk, the same on every worker; None: go on.
+
+        With several workers, a signal that reaches any one of them stops all of them after the
+        same chunk, so they save the same step together and none is left waiting alone in a
+        collective. SIGTERM wins over SIGINT when both arrived.
+        """
+        if self.num_workers <= 1:
+            return self._stop_signal
+        local = [float(self._stop_signal == signum) for signum in STOP_SIGNALS]
+        counts = self._sum_over_workers(tf.constant(local, tf.float32)).numpy()
+        agreed = [signum for signum, count in zip(STOP_SIGNALS, counts) if count > 0]
+        return max(agreed) if agreed else None
+
+    @tf.function
+    def _sum_over_workers(self, value):
+        """All-reduce (sum) of a small tensor over every replica of every worker."""
+        per_replica = self.strategy.run(lambda: tf.identity(value))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
     def _make_bar(self, start: int, total: int):
         from tqdm import tqdm
 
@@ -852,7 +872,11 @@ class Trainer:
                     if step % config.steps_per_epoch == 0:
                         history.append(self._end_epoch(step, epoch_totals, epoch_seconds))
                         epoch_totals, epoch_seconds = np.zeros(6), 0.0
-                    if self._stop_signal is not None:
+                    # Not assigned to _stop_signal unless agreed: a signal that lands during the
+                    # all-reduce must still count at the next chunk.
+                    stop = self._agreed_stop_signal()
+                    if stop is not None:
+                        self._stop_signal = stop
                         break
         finally:
             if self._bar is not None:

@@ -6,7 +6,8 @@ Every test injects a fault into the real thing and checks what survives:
   train.py and migrate.py; exactly the valid files are used and every bad one is named;
 - train.py is SIGKILLed mid-epoch and rerun with the same command (it resumes from its last
   recorded checkpoint and ends at step 40), SIGKILLed inside a checkpoint save (the half-written
-  checkpoint is never picked), and stopped by SIGINT or SIGTERM (it saves the step it reached);
+  checkpoint is never picked), and stopped by SIGINT or SIGTERM (it saves the step it reached;
+  with two workers, SIGTERM to one stops both at the same step);
 - NaN/Inf batches are injected into train.py's input: isolated ones are skipped and counted,
   a run of them stops training with one line and a finite last checkpoint;
 - bad flags and folders are refused before any work, with nothing created;
@@ -23,6 +24,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -60,12 +62,13 @@ def run_script(script, args, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def start_script(script, args, folder, name):
+def start_script(script, args, folder, name, extra_env=None):
     """Start ``python script *args`` with stdout and stderr going to files (no pipe to fill)."""
     out = open(os.path.join(folder, f"{name}.out"), "w")
     err = open(os.path.join(folder, f"{name}.err"), "w")
     process = subprocess.Popen([sys.executable, script, *map(str, args)], cwd=ROOT,
-                               env=environment(), stdout=out, stderr=err, text=True)
+                               env={**environment(), **(extra_env or {})}, stdout=out, stderr=err,
+                               text=True)
     process.files = (out, err)
     return process
 
@@ -497,6 +500,39 @@ def test_stop_signal_saves_the_step_it_reached_and_exits_128_plus_signal(records
     assert recorded_steps(checkpoint_dir)[-1] == step
     assert_checkpoint_is_whole(path, step)  # the saved step is the step reached
     assert_only_whole_checkpoints(checkpoint_dir)
+
+
+def test_sigterm_to_one_worker_stops_every_worker_at_the_same_saved_step(records, tmp_path):
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    checkpoint_dir = str(tmp_path / "ck")
+    command = [*TINY_FLAGS, "--records_dir", records.dir, "--epochs", "1000",
+               "--steps_per_epoch", "20", "--checkpoint_every", "5",
+               *output_flags(tmp_path, records=False)]
+    workers = [start_script("train.py", command, str(tmp_path), f"worker{index}", {
+        "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})})
+        for index in range(2)]
+    try:
+        reached = wait_until(lambda: 5 in recorded_steps(checkpoint_dir), workers[0])
+        workers[1].send_signal(signal.SIGTERM)  # only the non-chief worker is told to stop
+        results = [finish(worker) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    assert reached, results[0][2][-3000:] if results else ""
+    for returncode, _, stderr in results:
+        assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
+        assert "Traceback" not in stderr
+    match = re.search(r"terminated at step (\d+); checkpoint saved: (\S+)", results[0][1])
+    assert match, results[0][1]
+    step = int(match.group(1))
+    assert recorded_steps(checkpoint_dir)[-1] == step
+    assert_checkpoint_is_whole(match.group(2), step)
 
 
 def test_ctrl_c_while_starting_up_exits_130_without_a_traceback(corpus, tmp_path):
