@@ -203,11 +203,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CliError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
+    before = _file_identity(args.output)
     try:
         return _checked_run(args)
     except KeyboardInterrupt:  # the wav is written whole or not at all (save_wav is atomic)
-        print(f"{PROG}: interrupted; {args.output} was not written", file=sys.stderr)
+        written = _file_identity(args.output) != before
+        print(f"{PROG}: interrupted; {args.output} "
+              f"{'was written, its figure may not be' if written else 'was not written'}",
+              file=sys.stderr)
         return 130
+
+
+def _file_identity(path: str):
+    """(inode, mtime_ns) of ``path``, or None when it does not exist: changes when it is replaced."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def _checked_run(args: argparse.Namespace) -> int:

@@ -116,6 +116,8 @@ def test_gemm_glow_matches_conv2d_glow(monkeypatch, shape):
     for max_channels in (0, 10 ** 9):  # conv2d everywhere, then GEMMs everywhere
         monkeypatch.setattr(model_module, "_GEMM_MAX_CONDITIONING_CHANNELS", max_channels)
         model = Glow(input_shape=shape, k_glow=2, l_glow=2, hidden_channels=32)
+        routes = {step.coupling.network.gemm for steps in model.levels for step in steps}
+        assert routes == {bool(max_channels)}
         model.initialize(x)
         if weights is None:
             _perturb(model, 0.05, seed=8)
