@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from common_definitions import FEATURES, Config
+from utils.errors import SinGlowError
 from utils.cli import OneLineArgumentParser
 from utils.audio import (
     AUDIO_EXTENSIONS,
@@ -62,7 +63,7 @@ RECORD_SPEC = {
 }
 
 
-class DataError(ValueError):
+class DataError(SinGlowError, ValueError):
     """Unusable data folders or records; the message is one line."""
 
 

@@ -215,7 +215,7 @@ def _heldout(model, config, feature_stats, path: Optional[str], songs, batch_siz
 
 
 def run(args: argparse.Namespace) -> dict:
-    from pipeline import load_for_inference
+    from utils.run_folder import load_for_inference
     from utils import migration
     from utils.metrics import SingerClassifier
 

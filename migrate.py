@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> List[str]:
     """Do the migration; returns the paths written. Raises CliError / ValueError for bad input."""
     import numpy as np
 
-    from pipeline import load_for_inference
+    from utils.run_folder import load_for_inference
     from utils import migration
     from utils.audio import load_audio, save_wav
     from utils.metrics import snr_db

@@ -325,7 +325,8 @@ def trained(tmp_path_factory):
     """A tiny Glow trained by pipeline.Trainer for ~200 steps (under a minute on 2 CPU cores) on
     songs 0-4 of each demo singer; song 5 of each is held out of training, of the reference
     statistics and of the singer classifier."""
-    from pipeline import Trainer, load_for_inference
+    from pipeline import Trainer
+    from utils.run_folder import load_for_inference
     from utils.demo_data import make_demo_corpus
     from utils.metrics import SingerClassifier
 

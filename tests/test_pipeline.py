@@ -29,9 +29,9 @@ from pipeline import (
     TrainingDiverged,
     WarmupSchedule,
     cluster_size,
-    load_for_inference,
     spectrogram_image,
 )
+from utils.run_folder import load_for_inference
 from utils.audio import FeatureStats
 from utils.demo_data import make_demo_corpus
 from utils.metrics import snr_db

@@ -603,7 +603,7 @@ def test_isolated_nan_and_inf_batches_are_skipped_counted_and_never_reach_the_we
 def test_a_run_of_non_finite_steps_stops_with_one_line_and_the_last_checkpoint_intact(
         poisoned_run, records):
     from data_loader import SongDataLoader
-    from pipeline import load_for_inference
+    from utils.run_folder import load_for_inference
 
     result = poisoned_run.result
     line = assert_one_line_error(result.returncode, result.stderr, "train.py",
@@ -652,7 +652,7 @@ def test_refused_before_any_work_with_nothing_created(case, corpus, tmp_path):
 MEMORY = """
 import json, sys, time
 import numpy as np
-from pipeline import load_for_inference
+from utils.run_folder import load_for_inference
 from utils import migration
 
 

@@ -37,6 +37,7 @@ import soxr
 import tensorflow as tf
 
 from common_definitions import Config
+from utils.errors import SinGlowError
 
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg")
 
@@ -61,7 +62,7 @@ _WAV_DATA_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTI
 _READ_BLOCK = 1 << 20  # frames per read: a bogus header cannot make us allocate its claim at once
 
 
-class AudioError(ValueError):
+class AudioError(SinGlowError, ValueError):
     """A file or signal that cannot be used; the message is a one-line reason."""
 
 

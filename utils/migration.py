@@ -47,6 +47,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optiona
 import numpy as np
 
 from common_definitions import Config
+from utils.errors import SinGlowError
 from utils.audio import (
     AUDIO_EXTENSIONS,
     AudioError,
@@ -64,7 +65,7 @@ MIN_STD = 1e-3
 STATS_FORMAT_VERSION = 1
 
 
-class MigrationError(ValueError):
+class MigrationError(SinGlowError, ValueError):
     """A one-line, user-facing error of the migration tools (bad statistics, input or method)."""
 
 
