@@ -56,6 +56,7 @@ from common_definitions import Config
 from data_loader import SongDataLoader
 from model import Glow, standard_normal_log_prob
 from utils.errors import SinGlowError, one_line
+from utils.plots import spectrogram_image
 from utils.run_folder import (
     CONFIG_NAME,
     STATS_NAME,
@@ -80,8 +81,6 @@ LN2 = math.log(2.0)
 SUMMARY_SECONDS = 4.0
 # Signals that stop training gracefully (save the step reached, then exit).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# Dynamic range shown by the spectrogram images (80 dB of amplitude, in nats of log-magnitude).
-IMAGE_RANGE_NATS = 80.0 / 20.0 * math.log(10.0)
 
 # Layout of the metrics vector a train step returns (all already reduced over the global batch).
 _BPD, _Z_MEAN, _Z_VAR, _GRAD_NORM, _FINITE = range(5)
@@ -178,23 +177,6 @@ if not hasattr(keras.optimizers.Adam, "_all_reduce_sum_gradients"):  # pragma: n
 
 
 # ---------------------------------------------------------------------------------- summaries
-def spectrogram_image(log_mag) -> np.ndarray:
-    """A log-magnitude spectrogram ``(frames, bins)`` in nats as an RGB image ``(bins, frames, 3)``.
-
-    Low frequencies at the bottom; the top ``IMAGE_RANGE_NATS`` (80 dB) mapped through the
-    ``magma`` colour map (grey when matplotlib is missing); float32 in [0, 1].
-    """
-    image = np.asarray(log_mag, np.float32).T[::-1]
-    top = float(np.max(image)) if image.size else 0.0
-    image = np.clip((image - (top - IMAGE_RANGE_NATS)) / IMAGE_RANGE_NATS, 0.0, 1.0)
-    try:
-        from matplotlib import colormaps
-
-        return colormaps["magma"](image)[..., :3].astype(np.float32)
-    except ImportError:  # pragma: no cover - matplotlib is in requirements.txt
-        return np.repeat(image[..., None], 3, axis=-1)
-
-
 @dataclasses.dataclass
 class Clips:
     """Audio made for the summaries: float32 samples in [-1, 1] at ``config.sampling_rate``.
