@@ -18,8 +18,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from typing import Any, Optional, Tuple
+
+# The one exception to ``common_definitions <- utils``: utils.files imports no project module, so
+# the Config's atomic save shares the project's one atomic write without an import cycle.
+from utils.files import atomic_write_text
 
 FEATURES = ("spectrogram", "waveform")
 COUPLINGS = ("affine", "additive")
@@ -28,117 +31,123 @@ COUPLINGS = ("affine", "additive")
 # 16 kHz with hop 256, the seed's one-second windows) for spectrograms, 4096 samples for waveforms.
 DEFAULT_WINDOW_SIZE = {"spectrogram": 64, "waveform": 4096}
 
-# Fields that fix the shapes and the meaning of a trained model. A checkpoint written under one
-# value of these can never be restored under another.
-MODEL_FIELDS = (
-    "feature",
-    "sampling_rate",
-    "n_fft",
-    "hop_length",
-    "window_size",
-    "channel_size",
-    "k_glow",
-    "l_glow",
-    "hidden_channels",
-    "coupling",
-    "lu_decomposed",
-    "scale_shift",
-)
+
+def _field(default: Any, help_text: str, *, model: bool = False, details: str = "",
+           flag: Optional[str] = None, flag_help: Optional[str] = None,
+           choices: Optional[Tuple[str, ...]] = None, metavar: Optional[str] = None,
+           default_text: Optional[str] = None) -> Any:
+    """A :class:`Config` field whose documentation lives in its ``metadata``.
+
+    The metadata is the one source of what a field means: ``train.py`` builds its flags from it,
+    ``tools/config_table.py`` the README's configuration table, and :data:`MODEL_FIELDS` is the
+    list of fields marked ``model``. Every field has every key (``None`` or ``""`` when unused):
+
+    - ``help`` (from ``help_text``): what the field means, one line with no final full stop;
+      ``train.py --help`` shows it (then the default) and the README table starts with it.
+    - ``details``: more of the meaning, shown only in the README table (after ``help``).
+    - ``model``: True for the fields that fix the shapes and the meaning of a trained model: a
+      checkpoint written under one value can never be restored under another.
+    - ``flag``: the ``train.py`` flag when it is not ``--<field>`` (``--data_dir`` for the
+      repeatable ``data_dirs``, ``--no_lu`` for the switch that turns ``lu_decomposed`` off).
+    - ``flag_help``: the flag's help when it is not ``help`` (a switch that says the opposite).
+    - ``choices``: the only values the flag accepts.
+    - ``metavar``: the flag's value name in ``--help`` (default: the field's name in capitals).
+    - ``default_text``: how ``--help`` and the README name a default that is not one value.
+    """
+    metadata = {"help": help_text, "details": details, "model": model, "flag": flag,
+                "flag_help": flag_help, "choices": choices, "metavar": metavar,
+                "default_text": default_text}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Every hyperparameter of SinGlow-TF2.
+    """Every hyperparameter of SinGlow-TF2, with its default.
 
-    Feature and shape:
-        feature: ``"spectrogram"`` (log-magnitude STFT patches, frames x bins x 1) or
-            ``"waveform"`` (raw sample windows shaped ``(window_size // channel_size, 1,
-            channel_size)``, squeezed along time only).
-        sampling_rate: audio rate in Hz; every file is resampled to it.
-        n_fft: STFT frame length in samples; the patch has ``n_fft // 2 + 1`` frequency bins
-            (510 gives 256 bins, which divides by ``2**l_glow`` for ``l_glow <= 8``).
-        hop_length: STFT hop in samples.
-        window_size: patch length in time steps (frames or samples); ``None`` picks the
-            feature's default (64 frames, 4096 samples).
-        channel_size: channels of a patch. Must be 1 for spectrograms; for waveforms,
-            ``channel_size`` consecutive samples are folded into channels.
-        log_floor: amplitude added before the logarithm of STFT magnitudes, so that digital
-            silence stays finite (in linear amplitude units of a [-1, 1] signal).
-
-    Model:
-        k_glow: flow steps (ActNorm -> 1x1 conv -> coupling) per level ("K").
-        l_glow: levels ("L"); each starts with a squeeze that halves the time axis (and the
-            frequency axis for spectrograms), all but the last end with a split.
-        hidden_channels: width of the coupling networks.
-        coupling: ``"affine"`` (bounded scale) or ``"additive"`` (volume preserving).
-        lu_decomposed: LU-parametrised invertible 1x1 convolutions (else a plain matrix).
-        scale_shift: the affine scale is ``sigmoid(h + scale_shift)``; 2.0 starts near identity.
-
-    Training:
-        batch_size: global batch size (split over replicas).
-        learning_rate: peak Adam learning rate.
-        warmup_steps: linear learning-rate warm-up from 0 to ``learning_rate``.
-        clip_norm: global gradient-norm clip.
-        epochs, steps_per_epoch: the run length in optimizer steps is their product.
-        checkpoint_every: save a checkpoint every this many steps (and at each epoch's end).
-        max_checkpoints: checkpoints kept by the CheckpointManager.
-        max_nonfinite_steps: consecutive non-finite steps after which training stops.
-        log_every: steps run per call of the compiled train loop; their mean losses are written
-            to TensorBoard and the progress bar once per call.
-        temperature: sampling temperature for the summaries.
-        seed: seeds model initialisation, data order and patch sampling.
-
-    Paths:
-        data_dirs: audio folders; each top folder's name is the label of its songs.
-        records_dir, checkpoint_dir, logdir, output_dir: where records, checkpoints, TensorBoard
-            events and generated audio go.
-        demo: train on the bundled synthetic corpus (generated on first use).
-
-    Data:
-        shard_size_seconds: audio per TFRecord shard, in seconds.
-        shuffle_buffer: patches held by the tf.data shuffle buffer.
-        griffin_lim_iters: Griffin-Lim iterations when a spectrogram has no phase.
+    Each field's meaning, its ``train.py`` flag and whether it is a model field are in the field's
+    metadata (see :func:`_field`); ``python train.py --help`` and the README's configuration table
+    (``python tools/config_table.py``) show them. Fields come in five groups: feature and shape,
+    model, training, paths, data.
     """
 
     # feature and shape
-    feature: str = "spectrogram"
-    sampling_rate: int = 16000
-    n_fft: int = 510
-    hop_length: int = 256
-    window_size: Optional[int] = None
-    channel_size: int = 1
-    log_floor: float = 1e-4
+    feature: str = _field(
+        "spectrogram", "feature representation: log-magnitude STFT patches or raw sample windows",
+        model=True, choices=FEATURES,
+        details="``spectrogram`` patches are frames x bins x 1; ``waveform`` windows are shaped "
+                "``(window_size // channel_size, 1, channel_size)`` and squeezed along time only")
+    sampling_rate: int = _field(16000, "audio rate in Hz; every file is resampled to it",
+                                model=True)
+    n_fft: int = _field(
+        510, "STFT frame length in samples (n_fft // 2 + 1 frequency bins)", model=True,
+        details="510 gives 256 bins, which divides by ``2**l_glow`` for ``l_glow <= 8``")
+    hop_length: int = _field(256, "STFT hop in samples", model=True,
+                             details="at most ``n_fft``, or the STFT cannot be inverted")
+    window_size: Optional[int] = _field(
+        None, "patch length in time steps (frames or samples); default "
+              f"{DEFAULT_WINDOW_SIZE['spectrogram']} frames / "
+              f"{DEFAULT_WINDOW_SIZE['waveform']} samples",
+        model=True, default_text="per feature")
+    channel_size: int = _field(
+        1, "channels of a patch (waveform: samples folded into channels)", model=True,
+        details="must be 1 for spectrograms; ``window_size`` must be a multiple of it")
+    log_floor: float = _field(
+        1e-4, "amplitude added before the log of STFT magnitudes",
+        details="keeps digital silence finite (linear amplitude of a [-1, 1] signal)")
     # model
-    k_glow: int = 4
-    l_glow: int = 3
-    hidden_channels: int = 128
-    coupling: str = "affine"
-    lu_decomposed: bool = True
-    scale_shift: float = 2.0
+    k_glow: int = _field(4, "flow steps per level (K)", model=True,
+                         details="a step is ActNorm -> invertible 1x1 conv -> coupling")
+    l_glow: int = _field(
+        3, "levels (L)", model=True,
+        details="each starts with a squeeze that halves the time axis (and the frequency axis "
+                "for spectrograms); all but the last end with a split")
+    hidden_channels: int = _field(128, "width of the coupling networks", model=True)
+    coupling: str = _field(
+        "affine", "coupling layer", model=True, choices=COUPLINGS,
+        details="``affine`` (bounded scale) or ``additive`` (volume preserving)")
+    lu_decomposed: bool = _field(
+        True, "LU-parametrised invertible 1x1 convolutions (else a plain matrix)", model=True,
+        flag="--no_lu", flag_help="plain invertible 1x1 convolutions instead of LU-decomposed ones")
+    scale_shift: float = _field(2.0, "affine scale is sigmoid(h + scale_shift)", model=True,
+                                details="2.0 starts near the identity")
     # training
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    warmup_steps: int = 100
-    clip_norm: float = 50.0
-    epochs: int = 10
-    steps_per_epoch: int = 100
-    checkpoint_every: int = 100
-    max_checkpoints: int = 3
-    max_nonfinite_steps: int = 20
-    log_every: int = 10
-    temperature: float = 0.7
-    seed: int = 0
+    batch_size: int = _field(16, "global batch size (split over the devices)")
+    learning_rate: float = _field(1e-3, "peak Adam learning rate")
+    warmup_steps: int = _field(100, "linear learning-rate warm-up, in optimizer steps",
+                               details="from 0 to ``learning_rate``")
+    clip_norm: float = _field(50.0, "global gradient-norm clip")
+    epochs: int = _field(10, "epochs to train to (the run ends at epochs * steps_per_epoch steps)")
+    steps_per_epoch: int = _field(100, "optimizer steps per epoch")
+    checkpoint_every: int = _field(100, "save a checkpoint every N steps (and at each epoch's end)")
+    max_checkpoints: int = _field(3, "checkpoints kept")
+    max_nonfinite_steps: int = _field(20, "stop after N consecutive non-finite (skipped) steps")
+    log_every: int = _field(10, "steps per compiled call; TensorBoard scalars are their mean",
+                            details="the progress bar also moves once per call")
+    temperature: float = _field(0.7, "sampling temperature of the sampled clip")
+    seed: int = _field(0, "seed of the initialisation, data order and patches",
+                       details="an integer in [0, 2**32)")
     # paths
-    data_dirs: Tuple[str, ...] = ()
-    records_dir: str = "runs/records"
-    checkpoint_dir: str = "checkpoints"
-    logdir: str = "logs"
-    output_dir: str = "runs"
-    demo: bool = False
+    data_dirs: Tuple[str, ...] = _field(
+        (), "audio folders; each top folder's name is the label of its songs",
+        flag="--data_dir", metavar="DIR",
+        flag_help="a folder of songs (.wav .mp3 .flac .ogg, searched recursively); repeat for "
+                  "several; the folder's name labels its songs")
+    records_dir: str = _field("runs/records", "TFRecords folder (made from --data_dir when given)")
+    checkpoint_dir: str = _field("checkpoints",
+                                 "checkpoints, config.json, feature_stats.json, glow.weights.h5")
+    logdir: str = _field("logs", "TensorBoard folder")
+    output_dir: str = _field("runs", "reconstruction.wav and sample.wav go here")
+    demo: bool = _field(
+        False, "train on the bundled synthetic corpus (generated on first use)",
+        flag_help="train on the bundled synthetic corpus (generated on first use) with small "
+                  "demo defaults; see below")
     # data
-    shard_size_seconds: float = 600.0
-    shuffle_buffer: int = 1024
-    griffin_lim_iters: int = 64
+    shard_size_seconds: float = _field(600.0, "seconds of audio per TFRecord shard")
+    shuffle_buffer: int = _field(1024, "patches in the shuffle buffer",
+                                 details="tf.data shuffles the training patches through it")
+    griffin_lim_iters: int = _field(
+        64, "Griffin-Lim iterations for the sampled clip",
+        details="every Griffin-Lim inversion uses it (e.g. ``migrate.py --griffin_lim``)")
 
     def __post_init__(self) -> None:
         if isinstance(self.data_dirs, (list, str)):
@@ -277,10 +286,7 @@ class Config:
 
     def save(self, path: str) -> None:
         """Write the config as JSON to ``path`` (atomically: a crash leaves the old file)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(self.to_json() + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str) -> "Config":
@@ -295,3 +301,9 @@ class Config:
         """Human-readable ``field: ours vs theirs`` for every model field that differs."""
         mine, theirs = self.model_signature(), other.model_signature()
         return [f"{k}={theirs[k]!r} (now {mine[k]!r})" for k in MODEL_FIELDS if mine[k] != theirs[k]]
+
+
+# Fields that fix the shapes and the meaning of a trained model (marked ``model`` in their
+# metadata), in field order. A checkpoint written under one value of these can never be restored
+# under another.
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["model"])

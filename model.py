@@ -39,6 +39,11 @@ from common_definitions import Config
 from utils.flow_ops import conv_from_few, conv_to_few
 
 LOG_2PI = math.log(2.0 * math.pi)
+# Keyword defaults of Glow(...): the default Config's, so a default lives in one place.
+_DEFAULTS = Config()
+# Glow's keywords besides input_shape: Config fields of the same names (Glow.from_config).
+_GLOW_KEYWORDS = ("k_glow", "l_glow", "hidden_channels", "coupling", "lu_decomposed",
+                  "scale_shift", "seed")
 
 
 def _spatial_size(x: tf.Tensor) -> tf.Tensor:
@@ -373,28 +378,26 @@ class GaussianPrior(keras.layers.Layer):
 class Glow(keras.Model):
     """SinGlow's Glow: ``encode`` x -> (z, logdet), ``decode`` z -> x, exact inverses.
 
-    Construct from a :class:`Config` (``Glow(config)``) or from keywords
-    (``Glow(input_shape=(64, 256, 1), k_glow=4, l_glow=3, hidden_channels=128)``); keywords
-    override the config's fields. Options: ``coupling`` ("affine" | "additive"),
-    ``lu_decomposed`` (bool), ``scale_shift`` (float), ``seed`` (int).
+    Built by ``Glow.from_config(config)`` or from keywords only (``Glow(input_shape=(64, 256, 1),
+    k_glow=4, l_glow=3, hidden_channels=128, coupling="affine", lu_decomposed=True,
+    scale_shift=2.0, seed=0)``); a keyword not given takes the default ``Config``'s value.
 
     Shapes: x (B, H, W, C) with H any multiple of ``2**L`` (time steps), W and C as configured;
     z (B, D) with D = H * W * C; logdet (B,) nats.
     """
 
-    def __init__(self, config: Optional[Config] = None, *, input_shape=None, k_glow=None,
-                 l_glow=None, hidden_channels=None, coupling=None, lu_decomposed=None,
-                 scale_shift=None, seed=None, name="glow", **kwargs):
+    def __init__(self, *, input_shape: Tuple[int, int, int] = _DEFAULTS.input_shape,
+                 k_glow: int = _DEFAULTS.k_glow, l_glow: int = _DEFAULTS.l_glow,
+                 hidden_channels: int = _DEFAULTS.hidden_channels,
+                 coupling: str = _DEFAULTS.coupling, lu_decomposed: bool = _DEFAULTS.lu_decomposed,
+                 scale_shift: float = _DEFAULTS.scale_shift, seed: int = _DEFAULTS.seed,
+                 name: str = "glow", **kwargs):
         super().__init__(name=name, **kwargs)
-        config = config or Config()
-        shape = tuple(int(s) for s in (input_shape or config.input_shape))
-        self.k_glow = int(k_glow if k_glow is not None else config.k_glow)
-        self.l_glow = int(l_glow if l_glow is not None else config.l_glow)
-        self.hidden_channels = int(hidden_channels or config.hidden_channels)
-        self.coupling = coupling or config.coupling
-        self.lu_decomposed = config.lu_decomposed if lu_decomposed is None else bool(lu_decomposed)
-        self.scale_shift = float(config.scale_shift if scale_shift is None else scale_shift)
-        seed = config.seed if seed is None else int(seed)
+        shape = tuple(int(s) for s in input_shape)
+        self.k_glow, self.l_glow = int(k_glow), int(l_glow)
+        self.hidden_channels, self.coupling = int(hidden_channels), coupling
+        self.lu_decomposed = bool(lu_decomposed)
+        self.scale_shift, self.seed = float(scale_shift), int(seed)
         self._validate(shape)
         self.image_shape = shape
         height, width, channels = shape
@@ -410,8 +413,8 @@ class Glow(keras.Model):
             channels = channels * (2 if self.time_only else 4)
             steps = [
                 FlowStep(channels, self.hidden_channels, kernel_size, self.coupling,
-                         self.lu_decomposed, self.scale_shift, seed=seed * 1000 + level * 100 + k,
-                         name=f"level{level}_step{k}")
+                         self.lu_decomposed, self.scale_shift,
+                         seed=self.seed * 1000 + level * 100 + k, name=f"level{level}_step{k}")
                 for k in range(self.k_glow)
             ]
             self.levels.append(steps)
@@ -433,13 +436,27 @@ class Glow(keras.Model):
         self._forward(tf.zeros((1, *self.image_shape)))
         self.built = True
 
+    @classmethod
+    def from_config(cls, config: Config, **kwargs) -> "Glow":
+        """The model ``config`` describes (``kwargs`` go to Keras, e.g. ``name``). Overrides
+        Keras' ``Model.from_config``, whose :meth:`get_config` dicts it also still accepts."""
+        if not isinstance(config, Config):
+            return cls(**{**config, **kwargs})
+        options = {key: getattr(config, key) for key in _GLOW_KEYWORDS}
+        return cls(input_shape=config.input_shape, **options, **kwargs)
+
+    def get_config(self) -> dict:
+        """The keywords that rebuild this architecture (Keras serialisation; no weights)."""
+        options = {key: getattr(self, key) for key in _GLOW_KEYWORDS}
+        return {"name": self.name, "input_shape": self.image_shape, **options}
+
     def _validate(self, shape):
         if len(shape) != 3 or min(shape) < 1:
             raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {shape}")
         if self.k_glow < 1 or self.l_glow < 1 or self.hidden_channels < 1:
             raise ValueError("k_glow, l_glow and hidden_channels must be positive integers")
         step = 2 ** self.l_glow
-        height, width, channels = shape
+        height, width, _ = shape
         if height % step:
             raise ValueError(
                 f"H={height} time steps must divide by 2**l_glow={step}; pad or choose another "
@@ -447,8 +464,6 @@ class Glow(keras.Model):
             )
         if width > 1 and width % step:
             raise ValueError(f"W={width} must divide by 2**l_glow={step} (or be 1 for waveforms)")
-        if width == 1 and channels == 1 and self.l_glow < 1:
-            raise ValueError("a waveform model needs l_glow >= 1")
         if self.coupling not in ("affine", "additive"):
             raise ValueError(f"coupling must be 'affine' or 'additive', got {self.coupling!r}")
 

@@ -18,15 +18,17 @@ another model), 130 interrupted by Ctrl-C, 143 stopped by SIGTERM.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
+import typing
 from typing import Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common_definitions import COUPLINGS, FEATURES, Config  # noqa: E402  (TensorFlow-free)
-from utils.cli import OneLineArgumentParser, finite_float  # noqa: E402
+from common_definitions import Config  # noqa: E402  (TensorFlow-free)
+from utils.cli import OneLineArgumentParser, finite_float, run_cli  # noqa: E402
 
 PROG = "train.py"
 DEMO_DATA_ROOT = os.path.join("runs", "demo_data")
@@ -48,45 +50,8 @@ DEMO_DEFAULTS = {
     "output_dir": os.path.join("runs", "demo"),
 }
 
-_DEFAULTS = Config()
-
-# (flag, Config field, type, help). Every flag defaults to None, meaning "the Config default"
-# (or the demo default with --demo), so the Config stays the one place defaults live.
-_FLAGS = (
-    ("feature", str, "feature representation: log-magnitude STFT patches or raw sample windows"),
-    ("sampling_rate", int, "audio rate in Hz; every file is resampled to it"),
-    ("n_fft", int, "STFT frame length in samples (n_fft // 2 + 1 frequency bins)"),
-    ("hop_length", int, "STFT hop in samples"),
-    ("window_size", int, "patch length in time steps (frames or samples); default 64 frames / "
-                         "4096 samples"),
-    ("channel_size", int, "channels of a patch (waveform: samples folded into channels)"),
-    ("log_floor", float, "amplitude added before the log of STFT magnitudes"),
-    ("k_glow", int, "flow steps per level (K)"),
-    ("l_glow", int, "levels (L)"),
-    ("hidden_channels", int, "width of the coupling networks"),
-    ("coupling", str, "coupling layer"),
-    ("scale_shift", float, "affine scale is sigmoid(h + scale_shift)"),
-    ("batch_size", int, "global batch size (split over the devices)"),
-    ("learning_rate", float, "peak Adam learning rate"),
-    ("warmup_steps", int, "linear learning-rate warm-up, in optimizer steps"),
-    ("clip_norm", float, "global gradient-norm clip"),
-    ("epochs", int, "epochs to train to (the run ends at epochs * steps_per_epoch steps)"),
-    ("steps_per_epoch", int, "optimizer steps per epoch"),
-    ("checkpoint_every", int, "save a checkpoint every N steps (and at each epoch's end)"),
-    ("max_checkpoints", int, "checkpoints kept"),
-    ("max_nonfinite_steps", int, "stop after N consecutive non-finite (skipped) steps"),
-    ("log_every", int, "steps per compiled call; TensorBoard scalars are their mean"),
-    ("temperature", float, "sampling temperature of the sampled clip"),
-    ("seed", int, "seed of the initialisation, data order and patches"),
-    ("records_dir", str, "TFRecords folder (made from --data_dir when given)"),
-    ("checkpoint_dir", str, "checkpoints, config.json, feature_stats.json, glow.weights.h5"),
-    ("logdir", str, "TensorBoard folder"),
-    ("output_dir", str, "reconstruction.wav and sample.wav go here"),
-    ("shard_size_seconds", float, "seconds of audio per TFRecord shard"),
-    ("shuffle_buffer", int, "patches in the shuffle buffer"),
-    ("griffin_lim_iters", int, "Griffin-Lim iterations for the sampled clip"),
-)
-_CHOICES = {"feature": FEATURES, "coupling": COUPLINGS}
+# What to train on comes first in --help; then the valued flags in Config order; then switches.
+_LEADING = ("data_dirs", "demo")
 
 
 def _seed(text: str) -> int:
@@ -100,20 +65,49 @@ def _seed(text: str) -> int:
     return value
 
 
-_TYPES = {float: finite_float}
+# argparse types of the flags: by the field's type, but non-finite floats and seeds outside NumPy's
+# range are refused while parsing.
+_TYPES = {int: int, float: finite_float, str: str}
+_FIELD_TYPES = {"seed": _seed}
 
 
-def _default_text(name: str) -> str:
-    default = getattr(_DEFAULTS, name)
-    if name == "window_size":
-        default = "per feature"
+def _value_type(hint):
+    """``int`` for ``int`` and ``Optional[int]``; ``str`` for ``Tuple[str, ...]``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis]
+    return args[0] if args else hint
+
+
+def _default_text(field: dataclasses.Field) -> str:
+    default = field.metadata["default_text"] or field.default
     text = f"default {default}"
-    if name in DEMO_DEFAULTS:
-        text += f"; --demo: {DEMO_DEFAULTS[name]}"
+    if field.name in DEMO_DEFAULTS:
+        text += f"; --demo: {DEMO_DEFAULTS[field.name]}"
     return text
 
 
+def _add_flag(parser: argparse.ArgumentParser, field: dataclasses.Field, hint) -> None:
+    """One flag for one Config field, from its metadata. Its ``dest`` is the field's name and
+    its default None ("not given": the Config default, or the --demo one, applies)."""
+    meta = field.metadata
+    flag = meta["flag"] or f"--{field.name}"
+    text = meta["flag_help"] or meta["help"]
+    if hint is bool:  # a switch: --demo sets True, --no_lu sets lu_decomposed False
+        parser.add_argument(flag, dest=field.name, action="store_const",
+                            const=not field.default, default=None, help=text)
+        return
+    value_type = _FIELD_TYPES.get(field.name) or _TYPES[_value_type(hint)]
+    if typing.get_origin(hint) is tuple:  # repeatable: --data_dir A --data_dir B
+        parser.add_argument(flag, dest=field.name, action="append", type=value_type,
+                            default=None, metavar=meta["metavar"], help=text)
+        return
+    parser.add_argument(flag, dest=field.name, type=value_type, default=None,
+                        choices=meta["choices"], metavar=meta["metavar"] or (
+                            None if meta["choices"] else field.name.upper()),
+                        help=f"{text} ({_default_text(field)})")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """train.py's flags: one per Config field (built from the field's metadata), --no_progress."""
     demo = ", ".join(f"{k}={v}" for k, v in DEMO_DEFAULTS.items())
     parser = OneLineArgumentParser(
         prog=PROG,
@@ -122,19 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"--demo generates the synthetic corpus in {DEMO_DATA_ROOT} if missing, trains on "
                f"it and uses these defaults for flags not given: {demo}.",
     )
-    parser.add_argument("--data_dir", action="append", default=None, metavar="DIR",
-                        help="a folder of songs (.wav .mp3 .flac .ogg, searched recursively); "
-                             "repeat for several; the folder's name labels its songs")
-    parser.add_argument("--demo", action="store_true",
-                        help="train on the bundled synthetic corpus (generated on first use) with "
-                             "small demo defaults; see below")
-    for name, kind, text in _FLAGS:
-        kind = _seed if name == "seed" else _TYPES.get(kind, kind)
-        parser.add_argument(f"--{name}", type=kind, default=None, choices=_CHOICES.get(name),
-                            metavar=None if name in _CHOICES else name.upper(),
-                            help=f"{text} ({_default_text(name)})")
-    parser.add_argument("--no_lu", action="store_true",
-                        help="plain invertible 1x1 convolutions instead of LU-decomposed ones")
+    hints = typing.get_type_hints(Config)
+    fields = {field.name: field for field in dataclasses.fields(Config)}
+    leading = [fields[name] for name in _LEADING]
+    rest = [field for field in fields.values() if field.name not in _LEADING]
+    ordered = leading + [f for f in rest if hints[f.name] is not bool] + [
+        f for f in rest if hints[f.name] is bool]
+    for field in ordered:
+        _add_flag(parser, field, hints[field.name])
     parser.add_argument("--no_progress", action="store_true",
                         help="no tqdm progress bar (one line per epoch is always printed)")
     return parser
@@ -142,15 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The Config the parsed flags describe (raises a one-line ValueError when invalid)."""
-    values = {name: getattr(args, name) for name, _, _ in _FLAGS if getattr(args, name) is not None}
-    data_dirs = list(args.data_dir or [])
-    if args.demo:
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(Config)
+              if getattr(args, field.name) is not None}
+    if values.get("demo"):
         for name, value in DEMO_DEFAULTS.items():
             values.setdefault(name, value)
-        data_dirs = [os.path.join(DEMO_DATA_ROOT, "virtual"), os.path.join(DEMO_DATA_ROOT, "real")] + data_dirs
-    if args.no_lu:
-        values["lu_decomposed"] = False
-    return Config(data_dirs=tuple(data_dirs), demo=bool(args.demo), **values)
+        demo_dirs = [os.path.join(DEMO_DATA_ROOT, "virtual"), os.path.join(DEMO_DATA_ROOT, "real")]
+        values["data_dirs"] = demo_dirs + list(values.get("data_dirs", []))
+    return Config(**values)
 
 
 def _writable_dir(path: str, flag: str) -> None:
@@ -206,49 +194,38 @@ def check_paths(config: Config) -> None:
         _writable_dir(path, flag)
 
 
-def _error(message: str, status: int) -> int:
-    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return status
+def _prepare(args: argparse.Namespace):
+    """Every refusal that needs no work: flags, paths, and a checkpoint of another model."""
+    config = config_from_args(args)
+    check_paths(config)
+    # TensorFlow is imported only now: flag errors above come back at once.
+    from pipeline import make_strategy
+    from utils.audio import check_invertible
+    from utils.run_folder import check_checkpoint_dir
+
+    strategy = make_strategy()  # first: MultiWorkerMirroredStrategy must precede other TF work
+    if config.feature == "spectrogram":
+        check_invertible(config)
+    check_checkpoint_dir(config)
+    return config, strategy, args.no_progress
+
+
+def _work(prepared) -> int:
+    config, strategy, no_progress = prepared
+    from pipeline import Trainer
+
+    if config.demo:
+        from utils.demo_data import make_demo_corpus
+
+        make_demo_corpus(root=DEMO_DATA_ROOT, sampling_rate=config.sampling_rate)
+    result = Trainer(config, strategy=strategy, progress=False if no_progress else None).fit()
+    # The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM).
+    return 128 + result.stop_signal if result.interrupted else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:  # --help, or a bad flag already reported on one line
-        return int(stop.code or 0)
-    try:
-        return _run(args)
-    except KeyboardInterrupt:  # Ctrl-C before training started (e.g. while TensorFlow loads), or
-        print(f"{PROG}: interrupted", file=sys.stderr)  # a second one while saving
-        return 130
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(args)
-        check_paths(config)
-    except (ValueError, OSError) as error:
-        return _error(error, 2)
-
-    # TensorFlow is imported only now: flag errors above come back at once.
-    from data_loader import DataError
-    from pipeline import CheckpointMismatch, Trainer, TrainingDiverged
-
-    try:
-        if config.demo:
-            from utils.demo_data import make_demo_corpus
-
-            make_demo_corpus(root=DEMO_DATA_ROOT, sampling_rate=config.sampling_rate)
-        trainer = Trainer(config, progress=False if args.no_progress else None)
-    except (ValueError, OSError) as error:  # CheckpointMismatch is a ValueError
-        return _error(error, 2)
-    try:
-        result = trainer.fit()
-    except (TrainingDiverged, DataError, CheckpointMismatch, OSError) as error:
-        return _error(error, 1)
-    # The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM).
-    return 128 + result.stop_signal if result.interrupted else 0
+    """Train; returns the exit status (see the module docstring)."""
+    return run_cli(PROG, build_parser(), _prepare, _work, argv)
 
 
 if __name__ == "__main__":

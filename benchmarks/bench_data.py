@@ -70,7 +70,7 @@ def make_timings(config: Config, folder: str, tmp: str, repeats: int):
 
 def median_load(config: Config, records: str, batches: int, repeats: int) -> float:
     """Median wall time of ``batches`` training batches, over ``repeats`` consecutive blocks."""
-    iterator = iter(SongDataLoader(config).load(records))
+    iterator = iter(SongDataLoader(config).records(records).training_dataset())
     next(iterator)  # tracing and the first shuffle-buffer fill are start-up, not throughput
     walls = []
     for _ in range(repeats):

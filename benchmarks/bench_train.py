@@ -33,6 +33,8 @@ import tensorflow as tf
 
 from common_definitions import Config
 from pipeline import Trainer
+from utils.features import FeatureStats
+from utils.training_data import TrainingData
 
 
 def reference_config(ref, workdir: str) -> Config:
@@ -46,8 +48,9 @@ def reference_config(ref, workdir: str) -> Config:
 
 def our_step(ref, batch):
     """One call of the Trainer's compiled loop for one step: the step ``train.py`` runs."""
-    trainer = Trainer(reference_config(ref, tempfile.mkdtemp(prefix="bench_train_")),
-                      log=lambda message: None, progress=False)
+    config = reference_config(ref, tempfile.mkdtemp(prefix="bench_train_"))
+    trainer = Trainer(config, log=lambda message: None, progress=False,
+                      data=TrainingData(None, FeatureStats.identity(config)))
     assert trainer.model.image_shape == tuple(ref.input_shape)
     trainer.initialize(batch)
     iterator = iter(trainer.distribute(tf.data.Dataset.from_tensors(batch).repeat()))

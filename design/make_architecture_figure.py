@@ -28,7 +28,7 @@ from model import Glow  # noqa: E402
 
 def flow_stages(config: Config):
     """(label, shape) boxes from input to latent for one patch of ``config``."""
-    model = Glow(config)
+    model = Glow.from_config(config)
     height, width, channels = model.image_shape
     stages = [("input patch", f"({height}, {width}, {channels})")]
     for level, steps in enumerate(model.levels):

@@ -1,4 +1,5 @@
-"""utils/audio.py on real files written here: decoding, checks, STFT, features and inverses."""
+"""utils/audio.py and utils/features.py on real files written here: decoding, checks, STFT,
+features and inverses."""
 
 import struct
 
@@ -9,8 +10,10 @@ import soundfile as sf
 import tensorflow as tf
 
 from common_definitions import Config
-from utils import audio
-from utils.audio import AudioError, FeatureStats
+from utils import audio, features
+from utils.audio import AudioError
+from utils.features import FeatureStats
+from utils.files import is_audio_file
 
 RATE = 16000
 
@@ -185,9 +188,9 @@ def test_save_wav_interrupted_mid_write_keeps_the_earlier_file(tmp_path, monkeyp
 
 
 def test_extensions_match_in_any_case_and_skip_hidden_names():
-    assert audio.is_audio_file("a/Song ü.WAV") and audio.is_audio_file("x.Mp3")
-    assert audio.is_audio_file("x.flac") and audio.is_audio_file("x.OGG")
-    assert not audio.is_audio_file(".hidden.wav") and not audio.is_audio_file("notes.txt")
+    assert is_audio_file("a/Song ü.WAV") and is_audio_file("x.Mp3")
+    assert is_audio_file("x.flac") and is_audio_file("x.OGG")
+    assert not is_audio_file(".hidden.wav") and not is_audio_file("notes.txt")
 
 
 # ---------------------------------------------------------------------------------- STFT
@@ -263,7 +266,7 @@ def test_griffin_lim_recovers_the_magnitude(config):
 def test_patch_features_have_the_model_input_shape(feature, window_size, channel_size):
     config = Config(feature=feature, window_size=window_size, channel_size=channel_size)
     windows = tf.constant(np.stack([tone(2.0)[: config.patch_samples]] * 3))
-    patches = audio.patch_features(windows, config)
+    patches = features.patch_features(windows, config)
     assert tuple(patches.shape) == (3,) + config.input_shape
     if feature == "waveform":  # consecutive samples folded into channels
         second_step = windows[0, channel_size:2 * channel_size]
@@ -274,7 +277,7 @@ def test_patch_features_have_the_model_input_shape(feature, window_size, channel
 def test_patch_frames_equal_the_whole_song_frames(config):
     x = tone(2.0)
     start = 10 * config.hop_length - config.n_fft // 2  # frame 10 of the centred STFT
-    patch = audio.patch_features(x[start:start + config.patch_samples], config)[..., 0].numpy()
+    patch = features.patch_features(x[start:start + config.patch_samples], config)[..., 0].numpy()
     whole, _ = audio.spectrogram(x, config)
     np.testing.assert_allclose(patch, whole.numpy()[10:10 + config.window_size], atol=1e-3)
 
@@ -298,7 +301,7 @@ def test_feature_stats_normalise_both_ways_and_persist(tmp_path, config):
     np.testing.assert_allclose(loaded.denormalize(as_numpy), batch, atol=1e-5)
     ones = np.full(config.n_bins, 10.0)
     flat = FeatureStats.from_moments(config, 10, ones, ones)
-    assert np.all(flat.std == audio.STD_FLOOR)  # a constant bin is not blown up
+    assert np.all(flat.std == features.STD_FLOOR)  # a constant bin is not blown up
 
 
 @pytest.mark.parametrize("config", HOPS, ids=lambda c: f"hop{c.hop_length}")
@@ -306,18 +309,18 @@ def test_whole_song_spectrogram_round_trip_with_phase(config):
     x = tone(1.234)
     log_mag, _ = audio.spectrogram(x, config)
     flat = log_mag.numpy()
-    stats = FeatureStats(flat.mean(0), flat.std(0), audio.stats_fields(config))
-    song = audio.song_to_features(x, config, stats)
+    stats = FeatureStats(flat.mean(0), flat.std(0), features.stats_fields(config))
+    song = features.song_to_features(x, config, stats)
     assert song.x.dtype == np.float32 and song.x.shape[1:] == (config.n_bins, 1)
     assert song.x.shape[0] % config.time_multiple == 0 and song.x.shape[0] >= song.num_steps
     assert song.num_steps == len(flat) and song.num_samples == len(x)
     assert abs(float(song.x[: song.num_steps].mean())) < 0.05
-    y = audio.features_to_song(song.x, config, stats, song)
+    y = features.features_to_song(song.x, config, stats, song)
     assert y.dtype == np.float32 and y.shape == x.shape
     assert snr_db(x, y) > 60 and snr_db(x[:512], y[:512]) > 60 and snr_db(x[-512:], y[-512:]) > 60
-    without_phase = audio.features_to_song(song.x, config, stats, song, use_phase=False)
+    without_phase = features.features_to_song(song.x, config, stats, song, use_phase=False)
     assert without_phase.shape == x.shape and np.all(np.isfinite(without_phase))
-    no_song = audio.features_to_song(song.x[: song.num_steps], config, stats)
+    no_song = features.features_to_song(song.x[: song.num_steps], config, stats)
     assert len(no_song) == (song.num_steps - 1) * config.hop_length
 
 
@@ -326,24 +329,24 @@ def test_whole_song_waveform_round_trip_is_exact(channel_size):
     config = Config(feature="waveform", window_size=4096, channel_size=channel_size)
     x = tone(0.5)[:7999]
     identity = FeatureStats.identity(config)
-    song = audio.song_to_features(x, config, identity)
+    song = features.song_to_features(x, config, identity)
     assert song.x.shape[1:] == (1, channel_size) and song.phase is None
     assert song.x.shape[0] % config.time_multiple == 0
-    np.testing.assert_array_equal(audio.features_to_song(song.x, config, identity, song), x)
-    stats = FeatureStats([0.01], [0.2], audio.stats_fields(config))
-    song = audio.song_to_features(x, config, stats)
-    np.testing.assert_allclose(audio.features_to_song(song.x, config, stats, song), x, atol=1e-6)
+    np.testing.assert_array_equal(features.features_to_song(song.x, config, identity, song), x)
+    stats = FeatureStats([0.01], [0.2], features.stats_fields(config))
+    song = features.song_to_features(x, config, stats)
+    np.testing.assert_allclose(features.features_to_song(song.x, config, stats, song), x, atol=1e-6)
 
 
 def test_feature_moments_match_the_patches(config):
     x = tone(2.0)
-    count, total, squares = audio.feature_moments(x, config)
-    stride = audio.stats_frame_stride(config)
+    count, total, squares = features.feature_moments(x, config)
+    stride = features.stats_frame_stride(config)
     assert stride == int(np.ceil(config.n_fft / config.hop_length))
     frames = audio.log_magnitude(x, config, center=False).numpy()[::stride]
     assert count == len(frames)
     np.testing.assert_allclose(total / count, frames.mean(0), rtol=1e-4, atol=1e-4)
     wave = config.replace(feature="waveform", window_size=4096)
-    count, total, squares = audio.feature_moments(x, wave)
+    count, total, squares = features.feature_moments(x, wave)
     assert count == len(x) and total.shape == (1,)
     assert total[0] == pytest.approx(x.astype(np.float64).sum(), rel=1e-6)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from common_definitions import Config
+from common_definitions import MODEL_FIELDS, Config
 
 
 def test_defaults_are_consistent():
@@ -50,3 +50,15 @@ def test_unknown_fields_are_refused():
 def test_incompatibilities_name_the_model_fields():
     ours, theirs = Config(k_glow=3), Config(k_glow=2, epochs=99)
     assert ours.incompatibilities(theirs) == ["k_glow=2 (now 3)"]
+
+
+def test_every_field_is_described_and_model_fields_come_from_the_metadata():
+    import dataclasses
+
+    for field in dataclasses.fields(Config):
+        assert field.metadata["help"] and not field.metadata["help"].endswith("."), field.name
+    assert MODEL_FIELDS == (
+        "feature", "sampling_rate", "n_fft", "hop_length", "window_size", "channel_size", "k_glow",
+        "l_glow", "hidden_channels", "coupling", "lu_decomposed", "scale_shift",
+    )
+    assert MODEL_FIELDS == tuple(f.name for f in dataclasses.fields(Config) if f.metadata["model"])

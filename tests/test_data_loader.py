@@ -16,7 +16,8 @@ import data_loader
 from common_definitions import Config
 from data_loader import DataError, SongDataLoader
 from tests.test_audio import tone
-from utils.audio import FeatureStats
+from utils import records_writer
+from utils.features import FeatureStats
 
 RATE = 16000
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,7 +116,8 @@ def test_make_writes_every_valid_file_and_skips_every_bad_one(corpus, made):
 def test_records_hold_mono_float32_at_the_rate_with_labels(corpus, made):
     root, valid, _ = corpus
     config, summary, _ = made
-    songs = {os.path.relpath(song.path, root): song for song in SongDataLoader(config).songs()}
+    songs = {os.path.relpath(song.path, root): song
+             for song in SongDataLoader(config).records().songs()}
     assert set(songs) == set(valid)
     for name, song in songs.items():
         assert song.label == name.split("/")[0]
@@ -129,17 +131,18 @@ def test_records_hold_mono_float32_at_the_rate_with_labels(corpus, made):
 
 def test_stats_are_saved_beside_the_records_and_follow_the_feature(made):
     config, _, _ = made
-    loader = SongDataLoader(config)
+    records = SongDataLoader(config).records()
     path = os.path.join(config.records_dir, "feature_stats_spectrogram.json")
     assert os.path.exists(path)
-    stats = loader.stats()
+    stats = records.stats()
     assert stats.mean.shape == stats.std.shape == (config.n_bins,)
     assert stats.fields["n_fft"] == config.n_fft
     waveform = SongDataLoader(config.replace(feature="waveform", window_size=None))
-    wave_stats = waveform.stats()
+    wave_stats = waveform.records().stats()
     assert wave_stats.mean.shape == (1,) and 0.05 < wave_stats.std[0] < 0.5
     assert os.path.exists(os.path.join(config.records_dir, "feature_stats_waveform.json"))
-    changed = SongDataLoader(config.replace(log_floor=1e-3)).stats()  # fields differ: recomputed
+    # fields differ: recomputed
+    changed = SongDataLoader(config.replace(log_floor=1e-3)).records().stats()
     assert changed.fields["log_floor"] == 1e-3 and not np.allclose(changed.mean, stats.mean)
 
 
@@ -149,35 +152,35 @@ def test_stats_are_saved_beside_the_records_and_follow_the_feature(made):
 def test_load_yields_normalised_patches_of_the_input_shape(made, feature, window_size, channel_size):
     config, _, _ = made
     config = config.replace(feature=feature, window_size=window_size, channel_size=channel_size)
-    dataset = SongDataLoader(config).load(labels=True)
+    dataset = SongDataLoader(config).records().training_dataset(labels=True)
     patches, labels = next(iter(dataset))
     assert tuple(patches.shape) == (config.batch_size,) + config.input_shape
     assert patches.dtype == tf.float32 and labels.dtype == tf.string
     assert set(labels.numpy()) <= {b"real", b"virtual"}
     # Static shapes (batch included: drop_remainder when training), as Keras wants them.
     assert tuple(dataset.element_spec[0].shape) == (config.batch_size,) + config.input_shape
-    evaluation = SongDataLoader(config).load(training=False, aligned=True, repeat=False)
+    evaluation = SongDataLoader(config).records().evaluation_dataset()
     values = np.concatenate([batch.numpy().reshape(-1) for batch in evaluation])
     assert abs(values.mean()) < 0.2 and 0.7 < values.std() < 1.3
 
 
 def test_aligned_windows_tile_each_song(made):
     config, _, _ = made
-    loader = SongDataLoader(config)
+    records = SongDataLoader(config).records()
     step = config.window_size * config.hop_length
-    expected = sum(1 + (len(s.samples) - config.patch_samples) // step for s in loader.songs())
-    batches = list(loader.load(training=False, aligned=True, repeat=False, batch_size=5))
+    expected = sum(1 + (len(s.samples) - config.patch_samples) // step for s in records.songs())
+    batches = list(records.evaluation_dataset(batch_size=5))
     assert sum(int(b.shape[0]) for b in batches) == expected
-    again = list(loader.load(training=False, aligned=True, repeat=False, batch_size=5))
+    again = list(records.evaluation_dataset(batch_size=5))
     np.testing.assert_array_equal(batches[0].numpy(), again[0].numpy())
 
 
 def test_random_windows_are_seeded(made):
     config, _, _ = made
-    loader = SongDataLoader(config)
+    records = SongDataLoader(config).records()
 
     def first_batches(seed):
-        return [b.numpy() for b in loader.load(seed=seed).take(3)]
+        return [b.numpy() for b in records.training_dataset(seed=seed).take(3)]
 
     a, b, c = first_batches(1), first_batches(1), first_batches(2)
     for x, y in zip(a, b):
@@ -196,7 +199,7 @@ def test_missing_or_empty_folder_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="no audio files"):
         loader.make([str(tmp_path / "empty")])
     with pytest.raises(DataError, match="no records"):
-        loader.load()
+        loader.records()
 
 
 def test_make_is_incremental(tmp_path, monkeypatch):
@@ -209,11 +212,12 @@ def test_make_is_incremental(tmp_path, monkeypatch):
     loader = SongDataLoader(config)
     first = loader.make(log=lambda line: None)
     assert (first.written, first.skipped, first.decoded) == (4, 1, 5)
-    stats_before = loader.stats()
+    stats_before = loader.records().stats()
 
-    real_load = data_loader.load_audio
+    real_load = records_writer.load_audio
     calls = []
-    monkeypatch.setattr(data_loader, "load_audio", lambda *a: calls.append(a[0]) or real_load(*a))
+    monkeypatch.setattr(records_writer, "load_audio",
+                        lambda *a: calls.append(a[0]) or real_load(*a))
     again = loader.make(log=lambda line: None)
     assert (again.written, again.skipped, again.decoded) == (4, 1, 0) and calls == []
 
@@ -224,12 +228,12 @@ def test_make_is_incremental(tmp_path, monkeypatch):
     third = loader.make(log=lambda line: None)
     assert (third.written, third.skipped, third.decoded) == (3, 1, 1)
     assert calls == [str(changed)]
-    songs = {os.path.basename(s.path): s for s in loader.songs()}
+    songs = {os.path.basename(s.path): s for s in loader.records().songs()}
     assert sorted(songs) == ["song0.wav", "song1.wav", "song2.wav"]
     np.testing.assert_allclose(songs["song1.wav"].samples, tone(2.0, seed=99), atol=1e-4)
     np.testing.assert_allclose(songs["song0.wav"].samples, tone(1.5, seed=0), atol=1e-4)
-    assert loader.stats().source != stats_before.source
-    shards = loader.shard_paths()
+    assert loader.records().stats().source != stats_before.source
+    shards = loader.records().shard_paths
     assert sorted(os.listdir(config.records_dir)) == sorted(
         [os.path.basename(p) for p in shards] + ["manifest.json", "feature_stats_spectrogram.json"])
 
@@ -283,12 +287,14 @@ def test_cli_errors_are_one_line_with_a_non_zero_exit(tmp_path):
     (tmp_path / "empty").mkdir()
     missing, empty = tmp_path / "missing", tmp_path / "empty"
     result = run_cli(str(missing), str(empty), "--out", str(tmp_path / "r"))
-    assert result.returncode == 1
+    assert result.returncode == 2  # refused before any work (was 1)
     assert "Traceback" not in result.stderr
     # TensorFlow's own start-up notes may precede it; ours is the single last line.
-    assert result.stderr.splitlines()[-1] == f"error: audio folder not found: {missing}"
-    assert sum(line.startswith("error:") for line in result.stderr.splitlines()) == 1
-    assert data_loader.main([str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 1
+    error = f"data_loader.py: error: audio folder not found: {missing}"
+    assert result.stderr.splitlines()[-1] == error
+    assert sum(line.startswith("data_loader.py: error:")
+               for line in result.stderr.splitlines()) == 1
+    assert data_loader.main([str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
     (tmp_path / "only bad").mkdir()
     (tmp_path / "only bad" / "x.wav").write_bytes(b"RIFF")
     assert data_loader.main([str(tmp_path / "only bad"), "--out", str(tmp_path / "r")]) == 1
@@ -312,10 +318,10 @@ def test_only_a_records_manifest_counts_as_records(tmp_path):
 def test_load_normalises_with_the_statistics_it_is_given(made):
     # A checkpoint's statistics replace the records' own, in the one featurising map.
     config, _, _ = made
-    loader = SongDataLoader(config)
-    own = loader.stats()
-    kwargs = dict(training=False, aligned=True, repeat=False, batch_size=4)
-    default = next(iter(loader.load(**kwargs))).numpy()
-    raw = next(iter(loader.load(stats=FeatureStats.identity(config), **kwargs))).numpy()
+    records = SongDataLoader(config).records()
+    own = records.stats()
+    default = next(iter(records.evaluation_dataset(batch_size=4))).numpy()
+    identity = FeatureStats.identity(config)
+    raw = next(iter(records.evaluation_dataset(batch_size=4, stats=identity))).numpy()
     np.testing.assert_allclose(own.normalize(raw), default, rtol=1e-5, atol=1e-5)
     assert not np.allclose(raw, default)

@@ -239,11 +239,27 @@ def test_sample_shapes_and_zero_temperature_is_the_prior_mean(tiny_models):
 def test_glow_from_config_uses_its_fields():
     config = Config(feature="waveform", window_size=256, channel_size=2, k_glow=2, l_glow=3,
                     hidden_channels=8, coupling="additive", lu_decomposed=False)
-    model = Glow(config)
+    model = Glow.from_config(config)
     assert model.image_shape == (128, 1, 2)
     assert (model.k_glow, model.l_glow, model.hidden_channels) == (2, 3, 8)
     assert model.coupling == "additive" and not model.lu_decomposed
     assert len(model.levels) == 3 and all(len(steps) == 2 for steps in model.levels)
+
+
+def test_from_config_builds_what_the_same_keywords_build():
+    config = Config(n_fft=14, hop_length=4, window_size=16, k_glow=2, l_glow=2, hidden_channels=8,
+                    coupling="additive", scale_shift=1.5, seed=4)
+    from_config = Glow.from_config(config)
+    keywords = Glow(input_shape=(16, 8, 1), k_glow=2, l_glow=2, hidden_channels=8,
+                    coupling="additive", lu_decomposed=True, scale_shift=1.5, seed=4)
+    assert from_config.get_config() == keywords.get_config()
+    # The same variables under the same names (checkpoints load either way).
+    variables = lambda model: [(v.path, tuple(v.shape)) for v in model.variables]  # noqa: E731
+    assert variables(from_config) == variables(keywords)
+    # Keras' own config round trip rebuilds the same architecture.
+    assert Glow.from_config(keywords.get_config()).get_config() == keywords.get_config()
+    with pytest.raises(TypeError):
+        Glow(config)  # a Config goes through Glow.from_config
 
 
 @pytest.mark.parametrize("kwargs,match", [

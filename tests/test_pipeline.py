@@ -8,20 +8,18 @@ subprocesses because TensorFlow's devices and cluster are fixed when it starts.
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from common_definitions import Config
-from data_loader import SongDataLoader
+from data_loader import Records, SongDataLoader
 from model import Glow
 from pipeline import (
     CheckpointMismatch,
@@ -32,64 +30,24 @@ from pipeline import (
     spectrogram_image,
 )
 from utils.run_folder import load_for_inference
-from utils.audio import FeatureStats
-from utils.demo_data import make_demo_corpus
+from utils.features import FeatureStats
+from tests.conftest import copy_run as shared_copy_run
 from utils.metrics import snr_db
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# 16 frames x 32 bins patches (n_fft 62), K=2, L=2: a step costs milliseconds.
-TINY = dict(n_fft=62, hop_length=16, window_size=16, k_glow=2, l_glow=2, hidden_channels=8,
-            batch_size=8, log_every=3, griffin_lim_iters=2, warmup_steps=2, learning_rate=2e-3)
 SCALAR_TAGS = {"nll", "bits_per_dim", "z_mean", "z_var", "learning_rate", "skipped_steps"}
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """Two 3-second songs per demo singer, and their records under the tiny config."""
-    root = tmp_path_factory.mktemp("corpus")
-    make_demo_corpus(root=str(root / "audio"), songs_per_singer=2, song_seconds=3.0)
-    data_dirs = (str(root / "audio" / "virtual"), str(root / "audio" / "real"))
-    records = str(root / "records")
-    SongDataLoader(Config(**TINY, data_dirs=data_dirs, records_dir=records)).make(log=lambda _: None)
-    return types.SimpleNamespace(data_dirs=data_dirs, records_dir=records)
-
-
-def tiny_config(corpus, folder, **changes) -> Config:
-    folder = str(folder)
-    fields = dict(TINY, records_dir=corpus.records_dir,
-                  checkpoint_dir=os.path.join(folder, "ck"), logdir=os.path.join(folder, "logs"),
-                  output_dir=os.path.join(folder, "out"))
-    fields.update(changes)
-    return Config(**fields)
-
-
-def mean_bits(model, batch) -> float:
-    return float(tf.reduce_mean(model.bits_per_dim(batch)))
-
-
-@pytest.fixture(scope="module")
-def trained(corpus, tmp_path_factory):
-    """2 epochs x 6 steps, checkpoints every 4 steps; the loss measured on the init batch."""
-    folder = tmp_path_factory.mktemp("run")
-    config = tiny_config(corpus, folder, epochs=2, steps_per_epoch=6, checkpoint_every=4)
-    messages = []
-    trainer = Trainer(config, log=messages.append, progress=False)
-    trainer.prepare_data()
-    batch = trainer.init_batch()
-    assert trainer.initialize(batch)
-    before = mean_bits(trainer.model, batch)
-    result = trainer.fit()
-    return types.SimpleNamespace(config=config, trainer=trainer, result=result, messages=messages,
-                                 batch=batch, before=before, after=mean_bits(trainer.model, batch))
+def trained(tiny_run):
+    """The shared tiny run (tests/conftest.py): 2 epochs x 6 steps, checkpoints every 4 steps."""
+    return tiny_run
 
 
 def copy_run(trained, folder, **changes) -> Config:
     """A config whose checkpoint folder is a copy of the shared run's."""
-    checkpoint_dir = os.path.join(str(folder), "ck")
-    shutil.copytree(trained.config.checkpoint_dir, checkpoint_dir)
-    return trained.config.replace(checkpoint_dir=checkpoint_dir, logdir=os.path.join(str(folder), "logs"),
-                                  output_dir=os.path.join(str(folder), "out"), **changes)
+    return shared_copy_run(trained.config, folder, **changes)
 
 
 def variables_of(trainer):
@@ -159,7 +117,7 @@ def test_checkpoint_folder_layout(trained):
     stats = FeatureStats.load(os.path.join(config.checkpoint_dir, "feature_stats.json"))
     np.testing.assert_array_equal(stats.mean, trainer.stats.mean)
     # The exported .weights.h5 rebuilds the same map.
-    model = Glow(config)
+    model = Glow.from_config(config)
     model.load_weights(os.path.join(config.checkpoint_dir, "glow.weights.h5"))
     np.testing.assert_allclose(model.encode(trained.batch)[0], trainer.model.encode(trained.batch)[0],
                                atol=1e-5)
@@ -251,11 +209,16 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(trained, tmp_path):
     assert signal.getsignal(signal.SIGINT) is handler  # restored after training
 
 
-class NaNLoader(SongDataLoader):
-    """Training batches full of NaN."""
+class NaNRecords(Records):
+    """Records whose training batches are full of NaN."""
 
-    def load(self, *args, **kwargs):
-        return super().load(*args, **kwargs).map(lambda x: x * float("nan"))
+    def training_dataset(self, *args, **kwargs):
+        return super().training_dataset(*args, **kwargs).map(lambda x: x * float("nan"))
+
+
+class NaNLoader(SongDataLoader):
+    def records(self, records_dir=None):
+        return NaNRecords(self.config, records_dir)
 
 
 def test_nonfinite_steps_are_skipped_then_stop_training(trained, tmp_path):
@@ -265,14 +228,14 @@ def test_nonfinite_steps_are_skipped_then_stop_training(trained, tmp_path):
     weights, slots = variables_of(trainer)
     nan_batch = tf.data.Dataset.from_tensors(trained.batch * float("nan")).repeat()
     metrics = trainer.train_steps(iter(trainer.distribute(nan_batch)), 1)
-    assert metrics["skipped"] == 1 and metrics["applied"] == 0
+    assert metrics.skipped == 1 and metrics.applied == 0
     assert trainer.global_step == 13 and int(trainer.skipped_steps.numpy()) == 1
     new_weights, new_slots = variables_of(trainer)
     for new, old in zip(new_weights + new_slots, weights + slots):
         np.testing.assert_array_equal(new, old)  # weights and Adam state untouched
 
     finite = tf.data.Dataset.from_tensors(trained.batch).repeat()
-    assert trainer.train_steps(iter(trainer.distribute(finite)), 1)["applied"] == 1
+    assert trainer.train_steps(iter(trainer.distribute(finite)), 1).applied == 1
     assert all(np.isfinite(w).all() for w in variables_of(trainer)[0])
 
     with pytest.raises(TrainingDiverged, match="2 consecutive non-finite steps") as caught:
@@ -306,6 +269,8 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from common_definitions import Config
 from pipeline import Trainer
+from utils.features import FeatureStats
+from utils.training_data import TrainingData
 
 # clip_norm is out of reach: a gradient summed twice would then show in Adam's moments.
 # K=1 because tracing dominates the run time and grows with the number of flow steps.
@@ -317,7 +282,8 @@ batches = np.random.default_rng(0).standard_normal((4, 8, 16, 32, 1)).astype(np.
 results = []
 for devices, folder in ((["/cpu:0"], "/one"), (["/cpu:0", "/cpu:1"], "/two")):
     trainer = Trainer(config.replace(checkpoint_dir=sys.argv[1] + folder),
-                      strategy=tf.distribute.MirroredStrategy(devices), log=lambda _: None)
+                      strategy=tf.distribute.MirroredStrategy(devices), log=lambda _: None,
+                      data=TrainingData(None, FeatureStats.identity(config)))
     if not results:
         initial = trainer.model.get_weights()
     trainer.model.set_weights(initial)  # the same starting point, whatever the random state
@@ -335,7 +301,7 @@ print(json.dumps({
     "weights": diff(one.model.get_weights(), two.model.get_weights()),
     "slots": diff(one.optimizer.variables, two.optimizer.variables),
     "moved": diff(one.model.get_weights(), start),
-    "bits": [m1["bits_per_dim"], m2["bits_per_dim"]], "iterations": int(two.optimizer.iterations.numpy()),
+    "bits": [m1.bits_per_dim, m2.bits_per_dim], "iterations": int(two.optimizer.iterations.numpy()),
 }))
 """
 
@@ -365,14 +331,13 @@ config = Config(n_fft=62, hop_length=16, window_size=16, k_glow=1, l_glow=1, hid
                 batch_size=8, warmup_steps=2, learning_rate=2e-3, records_dir=records,
                 checkpoint_dir=folder + "/ck", logdir=folder + "/logs", output_dir=folder + "/out")
 trainer = Trainer(config, log=lambda _: None)   # MultiWorkerMirroredStrategy from TF_CONFIG
-trainer.prepare_data()
 trainer.initialize()
 metrics = trainer.train_steps(iter(trainer.distribute(trainer.training_dataset())), 3)
 saved = trainer.save()
 np.savez(folder + f"/worker{index}.npz", *trainer.model.get_weights(),
          *[np.asarray(v) for v in trainer.optimizer.variables])
 print(json.dumps({"chief": trainer.is_chief, "replicas": trainer.strategy.num_replicas_in_sync,
-                  "step": trainer.global_step, "saved": saved, "bits": metrics["bits_per_dim"]}))
+                  "step": trainer.global_step, "saved": saved, "bits": metrics.bits_per_dim}))
 """
 
 
@@ -382,10 +347,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_workers_train_to_identical_weights(corpus, tmp_path):
+def test_two_workers_train_to_identical_weights(tiny_records, tmp_path):
     ports = f"{free_port()},{free_port()}"
     workers = [run_script(tmp_path, f"worker{i}.py", WORKER_SCRIPT,
-                          [str(i), ports, corpus.records_dir, str(tmp_path)]) for i in range(2)]
+                          [str(i), ports, tiny_records, str(tmp_path)]) for i in range(2)]
     try:
         reports = [last_json(worker) for worker in workers]
     finally:

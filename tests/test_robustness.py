@@ -275,7 +275,7 @@ def assert_records_hold_exactly_the_valid_files(records_dir, corpus):
     for path, fragment in corpus.bad.items():
         assert fragment in skipped[path], (path, skipped[path])
     assert not set(corpus.hidden) & set(files)
-    songs = SongDataLoader(TINY.replace(records_dir=records_dir)).songs()
+    songs = SongDataLoader(TINY.replace(records_dir=records_dir)).records().songs()
     assert sorted(song.path for song in songs) == corpus.valid
 
 
@@ -613,7 +613,8 @@ def test_a_run_of_non_finite_steps_stops_with_one_line_and_the_last_checkpoint_i
     assert recorded_steps(poisoned_run.checkpoint_dir)[-1] == 15  # nothing saved after them
     model, config, stats = load_for_inference(poisoned_run.checkpoint_dir)
     assert all(np.isfinite(v.numpy()).all() for v in model.variables)
-    batch = next(iter(SongDataLoader(config.replace(records_dir=records.dir)).load(seed=1)))
+    batch = next(iter(SongDataLoader(config.replace(records_dir=records.dir)).records()
+                      .training_dataset(seed=1)))
     z, logdet = model.encode(batch)
     assert np.isfinite(z.numpy()).all() and np.isfinite(logdet.numpy()).all()
 

@@ -11,7 +11,6 @@ import tensorflow as tf
 
 import train
 from common_definitions import Config
-from utils.demo_data import make_demo_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = ["--n_fft", "62", "--hop_length", "16", "--window_size", "16", "--k_glow", "2",
@@ -20,10 +19,9 @@ TINY_FLAGS = ["--n_fft", "62", "--hop_length", "16", "--window_size", "16", "--k
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli_corpus")
-    make_demo_corpus(root=str(root), songs_per_singer=2, song_seconds=3.0)
-    return types.SimpleNamespace(a=str(root / "virtual"), b=str(root / "real"))
+def corpus(demo_corpus):
+    """The shared demo corpus (tests/conftest.py): singer folders ``a`` and ``b``."""
+    return types.SimpleNamespace(a=demo_corpus.virtual, b=demo_corpus.real)
 
 
 def run_cli(args, timeout=300, **kwargs):
@@ -63,6 +61,18 @@ def test_flags_build_the_config():
     assert all("demo_data" in d for d in demo.data_dirs)
 
 
+def test_every_config_field_has_one_flag_with_its_help():
+    import dataclasses
+
+    actions = {action.dest: action for action in train.build_parser()._actions}
+    for field in dataclasses.fields(Config):
+        action = actions[field.name]
+        assert action.default is None  # "not given": the Config's (or --demo's) default applies
+        assert (field.metadata["flag_help"] or field.metadata["help"]) in action.help
+    assert actions["data_dirs"].option_strings == ["--data_dir"]
+    assert actions["lu_decomposed"].option_strings == ["--no_lu"]
+
+
 def test_flags_reach_the_model_and_the_data(corpus, tmp_path):
     from pipeline import Trainer
 
@@ -77,7 +87,7 @@ def test_flags_reach_the_model_and_the_data(corpus, tmp_path):
     assert model.coupling == "additive" and model.lu_decomposed is False
     assert model.image_shape == (32, 1, 2)  # 64 samples folded into 2 channels
     assert float(trainer.schedule(0)) == pytest.approx(3e-4)
-    trainer.prepare_data()  # records made from --data_dir into --records_dir
+    # records made from --data_dir into --records_dir when the trainer was built
     assert os.path.isfile(tmp_path / "rec" / "feature_stats_waveform.json")
     assert tuple(trainer.init_batch().shape) == (4, 32, 1, 2)
 

@@ -1,8 +1,10 @@
 """Print (or check, or write into README.md) the table of every Config field and its default.
 
-The table is generated from the ``Config`` dataclass itself: the defaults from its fields, the
-meanings from its docstring, the ``train.py`` flags from train.py's parser and the ``--demo``
-values from ``train.DEMO_DEFAULTS``, so the README cannot drift from the code.
+The table is generated from the ``Config`` dataclass itself: the defaults and meanings from its
+fields and their metadata (the same text ``train.py --help`` shows), the model-field mark from
+the metadata, the ``train.py`` flags from train.py's parser (which builds them from that
+metadata) and the ``--demo`` values from ``train.DEMO_DEFAULTS``, so the README cannot drift from
+the code.
 
     python tools/config_table.py            # print the table (Markdown)
     python tools/config_table.py --check    # exit 1 if README.md's table is out of date
@@ -16,80 +18,58 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import os
-import re
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from common_definitions import DEFAULT_WINDOW_SIZE, MODEL_FIELDS, Config  # noqa: E402
+from common_definitions import Config  # noqa: E402
+from utils.files import atomic_write_text  # noqa: E402
 
 START = "<!-- config-table:start -->"
 END = "<!-- config-table:end -->"
 README = os.path.join(ROOT, "README.md")
 
-# Fields whose train.py flag is not ``--<field>``.
-SPECIAL_FLAGS = {"data_dirs": "`--data_dir DIR` (repeatable)", "lu_decomposed": "`--no_lu`",
-                 "demo": "`--demo`"}
-
 
 def field_docs(config_class=Config) -> Dict[str, str]:
-    """``{field: meaning}`` from the ``name: text`` entries of the class docstring.
-
-    An entry may name several fields (``epochs, steps_per_epoch: ...``); its text runs over the
-    lines indented deeper than the entry's first line.
-    """
-    lines = inspect.getdoc(config_class).splitlines()
-    docs: Dict[str, str] = {}
-    names: List[str] = []
-    indent = 0
-    entry = re.compile(r"^(\s+)([a-z_]+(?:,\s*[a-z_]+)*):\s+(.*)$")
-    for line in lines:
-        match = entry.match(line)
-        if match and all(n.strip() in _field_names(config_class)
-                         for n in match.group(2).split(",")):
-            names = [n.strip() for n in match.group(2).split(",")]
-            indent = len(match.group(1))
-            # An entry shared by several fields names them all, so each row reads on its own.
-            shared = ", ".join(f"``{n}``" for n in names) + ": " if len(names) > 1 else ""
-            for name in names:
-                docs[name] = shared + match.group(3).strip()
-        elif names and line.strip() and len(line) - len(line.lstrip()) > indent:
-            for name in names:
-                docs[name] += " " + line.strip()
-        else:
-            names = []
+    """``{field: meaning}``: each field's ``help``, then its ``details`` when it has any."""
+    docs = {}
+    for field in dataclasses.fields(config_class):
+        help_text, details = field.metadata["help"], field.metadata["details"]
+        docs[field.name] = f"{help_text}; {details}" if details else help_text
     return docs
 
 
-def _field_names(config_class=Config) -> List[str]:
-    return [f.name for f in dataclasses.fields(config_class)]
-
-
 def _flags() -> Dict[str, str]:
-    """``{field: flag}`` for the fields train.py has a ``--<field>`` flag for."""
+    """``{field: flag}`` as train.py's parser spells it (its flags' ``dest`` is the field)."""
     import train  # TensorFlow-free at import time
 
-    dests = {action.dest for action in train.build_parser()._actions}
-    return {name: f"`--{name}`" for name in _field_names() if name in dests}
+    flags = {}
+    for action in train.build_parser()._actions:
+        if not action.option_strings:
+            continue
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._AppendAction):
+            flags[action.dest] = f"`{flag} {action.metavar}` (repeatable)"
+        else:
+            flags[action.dest] = f"`{flag}`"
+    return flags
 
 
 def _markdown(text: str) -> str:
-    """Docstring prose (reStructuredText literals) as a Markdown table cell."""
+    """Metadata prose (reStructuredText literals) as a Markdown table cell."""
     return text.replace("``", "`").replace("|", "\\|")
 
 
-def _default(name: str, value) -> str:
-    if name == "window_size" and value is None:
-        per_feature = ", ".join(f"{k} {v}" for k, v in DEFAULT_WINDOW_SIZE.items())
-        return f"per feature ({per_feature})"
-    if isinstance(value, tuple) and not value:
+def _default(field: dataclasses.Field) -> str:
+    if field.metadata["default_text"]:
+        return field.metadata["default_text"]
+    if isinstance(field.default, tuple) and not field.default:
         return "none"
-    return f"`{value}`"
+    return f"`{field.default}`"
 
 
 def config_table() -> str:
@@ -97,7 +77,7 @@ def config_table() -> str:
     import train
 
     docs = field_docs()
-    flags = dict(_flags(), **SPECIAL_FLAGS)
+    flags = _flags()
     demo = dict(train.DEMO_DEFAULTS)
     demo["data_dirs"] = os.path.join(train.DEMO_DATA_ROOT, "{virtual,real}")
     demo["demo"] = True
@@ -105,12 +85,12 @@ def config_table() -> str:
             "|---|---|---|---|---|"]
     for field in dataclasses.fields(Config):
         name = field.name
-        if name not in docs:
-            raise ValueError(f"Config field {name!r} is not described in the Config docstring")
-        marker = " (model)" if name in MODEL_FIELDS else ""
+        if not docs[name]:
+            raise ValueError(f"Config field {name!r} has no help in its metadata")
+        marker = " (model)" if field.metadata["model"] else ""
         demo_value = f"`{demo[name]}`" if name in demo else ""
-        rows.append(f"| `{name}`{marker} | {_default(name, field.default)} | {demo_value} | "
-                    f"{flags.get(name, '')} | {_markdown(docs[name])} |")
+        rows.append(f"| `{name}`{marker} | {_default(field)} | {demo_value} | "
+                    f"{flags.get(name, '')} | {_markdown(docs[name])}. |")
     return "\n".join(rows)
 
 
@@ -135,8 +115,7 @@ def write_readme(path: str = README) -> bool:
     table = config_table()
     if old.strip() == table:
         return False
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(f"{head}\n{table}\n{tail}")
+    atomic_write_text(path, f"{head}\n{table}\n{tail}")
     return True
 
 

@@ -27,7 +27,7 @@ import sys
 import warnings
 from typing import Any, Callable, Optional, Sequence
 
-from utils.errors import SinGlowError, one_line
+from utils.errors import RefusedError, SinGlowError, one_line
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -105,7 +105,9 @@ def run_cli(
             or ``OSError`` here means "refused": status 2.
         work: does the job and returns its status (``None`` is 0; e.g. ``train.py`` returns 130
             or 143 after a graceful stop). A :class:`SinGlowError` or ``OSError`` here means
-            "failed": status 1.
+            "failed": status 1, except a :class:`~utils.errors.RefusedError` (an input refused
+            before it changed anything, e.g. a checkpoint of another model found on restoring):
+            status 2.
         on_interrupt: text added to the ``PROG: interrupted`` line (e.g. whether the output was
             written), given ``args``.
 
@@ -127,6 +129,9 @@ def run_cli(
                 return EXIT_REFUSED
             try:
                 return int(work(prepared) or EXIT_OK)
+            except RefusedError as error:  # found only once the work began, changed nothing
+                print_error(prog, error)
+                return EXIT_REFUSED
             except _FAILED as error:
                 print_error(prog, error)
                 return EXIT_FAILED

@@ -36,6 +36,8 @@ import numpy as np
 import scipy.signal
 import soundfile
 
+from utils.files import atomic_write, atomic_write_text
+
 DEMO_SINGERS = ("virtual", "real")
 
 # Bump when the synthesiser changes, so that corpora written by older code are regenerated.
@@ -509,16 +511,13 @@ def make_demo_corpus(
         for singer in DEMO_SINGERS:
             audio = synthesize_song(melody, singer, sampling_rate, singer_rngs[singer])
             path = paths[singer][index]
-            tmp = path + ".tmp.wav"
-            soundfile.write(tmp, audio, sampling_rate, subtype="PCM_16")
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: soundfile.write(tmp, audio, sampling_rate,
+                                                           subtype="PCM_16"))
 
-    tmp = manifest_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump({"params": params, "singers": list(DEMO_SINGERS),
-                   "files": {s: [os.path.relpath(p, root) for p in paths[s]] for s in DEMO_SINGERS},
-                   "melodies": melodies}, handle, indent=1)
-    os.replace(tmp, manifest_path)
+    atomic_write_text(manifest_path, json.dumps(
+        {"params": params, "singers": list(DEMO_SINGERS),
+         "files": {s: [os.path.relpath(p, root) for p in paths[s]] for s in DEMO_SINGERS},
+         "melodies": melodies}, indent=1))
     return paths
 
 

@@ -20,6 +20,11 @@ class SinGlowError(Exception):
     do. Subclasses name the area (data, audio, checkpoints, migration, training)."""
 
 
+class RefusedError(SinGlowError):
+    """An input refused as it stands, before it changed anything (e.g. a checkpoint of another
+    model): the command-line tools exit with status 2 for it wherever it is found."""
+
+
 def one_line(error: BaseException | str, limit: int = ONE_LINE_LIMIT) -> str:
     """``error``'s message with all whitespace folded to single spaces, cut to ``limit``
     characters; the exception's class name when it has no message."""

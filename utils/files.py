@@ -1,6 +1,6 @@
 """File-system helpers shared by every layer: the one atomic write and the one folder walker.
 
-Nothing here imports TensorFlow or the project's other modules (only :mod:`utils.errors`), so
+Nothing here imports TensorFlow or any other module of the project, so
 the data loader, the run-folder code, migration and the metrics all use the same two functions.
 """
 

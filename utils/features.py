@@ -1,0 +1,291 @@
+"""The model's features: training patches, whole songs, and their normalisation.
+
+Both features (``Config.feature``) are shaped ``(H, W, C)`` with time on ``H``:
+
+- ``spectrogram``: ``log(|STFT| + log_floor)`` (natural log of a linear amplitude), frames x bins
+  x 1, with the STFT of :mod:`utils.audio`. Training patches are the frames of an unpadded slice
+  of ``Config.patch_samples`` samples (``center=False``); a whole song uses the centred STFT and
+  keeps its phase, so it can be turned back into the same audio.
+- ``waveform``: ``channel_size`` consecutive samples folded into channels:
+  ``(window_size // channel_size, 1, channel_size)``.
+
+Features are normalised per channel of the last-but-one axis (per frequency bin for spectrograms,
+one scalar for waveforms) with :class:`FeatureStats` computed over the training records from
+summed :func:`feature_moments` (:class:`MomentSum`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from common_definitions import Config
+from utils.audio import (
+    StftShape,
+    griffin_lim,
+    log_magnitude,
+    spectrogram,
+    spectrogram_to_audio,
+    stft,
+)
+from utils.files import atomic_write_text
+
+# Lower bound on a normalisation standard deviation, so that a constant bin (e.g. above the
+# cut-off of a low-passed corpus) is not blown up by 1/std at inference.
+STD_FLOOR = 1e-3
+
+
+# ---------------------------------------------------------------------------------- patches
+def waveform_patches(samples, config: Config) -> tf.Tensor:
+    """Fold ``samples [..., steps * channel_size]`` into ``[..., steps, 1, channel_size]``."""
+    samples = tf.convert_to_tensor(samples, tf.float32)
+    size = config.channel_size
+    lead = tf.shape(samples)[:-1]
+    shape = tf.concat([lead, [tf.shape(samples)[-1] // size, 1, size]], axis=0)
+    return tf.reshape(samples, shape)
+
+
+def patch_features(windows, config: Config) -> tf.Tensor:
+    """Unnormalised model input ``[..., H, W, C]`` from ``config.patch_samples``-sample windows.
+
+    Pure TensorFlow, so it runs inside ``tf.data``; with ``windows [..., patch_samples]`` the
+    result has exactly ``config.input_shape``.
+    """
+    if config.feature == "spectrogram":
+        return log_magnitude(windows, config, center=False)[..., None]
+    return waveform_patches(windows, config)
+
+
+def stats_fields(config: Config) -> dict:
+    """The Config fields that normalisation statistics of ``config.feature`` depend on."""
+    if config.feature == "spectrogram":
+        names = ("feature", "sampling_rate", "n_fft", "hop_length", "log_floor")
+    else:
+        names = ("feature", "sampling_rate")
+    return {name: getattr(config, name) for name in names}
+
+
+_MOMENT_FUNCTIONS: dict = {}
+
+
+def stats_frame_stride(config: Config) -> int:
+    """Spectrogram statistics use every this-many-th frame of the patch frame grid.
+
+    ``ceil(n_fft / hop_length)``: the frames used then tile the audio without overlapping, so
+    every sample is seen once instead of ``n_fft / hop`` times. Being a fixed subset of the same
+    grid, they are an unbiased sample of the training frames, for a fraction of the FFTs (the
+    statistics pass dominates the time to make records).
+    """
+    return -(-config.n_fft // config.hop_length)
+
+
+def _spectrogram_moments(config: Config):
+    """One traced function per STFT setting, so a corpus of varied lengths traces it once."""
+    key = (config.n_fft, config.hop_length, config.log_floor)
+    if key not in _MOMENT_FUNCTIONS:
+        shape = StftShape(config.n_fft, stats_frame_stride(config) * config.hop_length)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)], autograph=False)
+        def moments(samples):
+            spec = stft(samples, shape, center=False)
+            values = tf.cast(tf.math.log(tf.abs(spec) + config.log_floor), tf.float64)
+            count = tf.cast(tf.shape(values)[0], tf.float64)
+            return count, tf.reduce_sum(values, 0), tf.reduce_sum(values * values, 0)
+
+        _MOMENT_FUNCTIONS[key] = moments
+    return _MOMENT_FUNCTIONS[key]
+
+
+def feature_moments(samples: np.ndarray, config: Config) -> Tuple[float, np.ndarray, np.ndarray]:
+    """``(count, sum, sum of squares)`` of one song's feature values per normalisation channel.
+
+    Spectrogram: over the frames of the unpadded STFT (what training patches contain), taking
+    every :func:`stats_frame_stride`-th one, per bin, shapes ``(bins,)``. Waveform: over the
+    samples, shapes ``(1,)``. Sums are float64 so that the moments of many songs can be added
+    without loss.
+    """
+    if config.feature == "spectrogram":
+        if len(samples) < config.n_fft:
+            return 0.0, np.zeros(config.n_bins), np.zeros(config.n_bins)
+        count, total, squares = _spectrogram_moments(config)(tf.constant(samples, tf.float32))
+        return float(count), total.numpy(), squares.numpy()
+    values = np.asarray(samples, np.float64)
+    return float(values.size), np.array([values.sum()]), np.array([np.dot(values, values)])
+
+
+@dataclasses.dataclass
+class FeatureStats:
+    """Per-channel normalisation statistics: ``x_norm = (x - mean) / std``.
+
+    ``mean`` and ``std`` have shape ``(bins,)`` for spectrograms (one per frequency bin, in nats of
+    log-amplitude) and ``(1,)`` for waveforms (amplitude); they apply along the ``W`` axis of
+    ``(..., H, W, C)`` features. ``fields`` records the Config fields they were computed under and
+    ``source`` a fingerprint of the records they were computed from.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    fields: dict = dataclasses.field(default_factory=dict)
+    count: float = 0.0
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.mean = np.asarray(self.mean, np.float32).reshape(-1)
+        self.std = np.asarray(self.std, np.float32).reshape(-1)
+        if self.mean.shape != self.std.shape:
+            raise ValueError(f"mean {self.mean.shape} and std {self.std.shape} shapes differ")
+        if not (np.all(np.isfinite(self.mean)) and np.all(self.std > 0)):
+            raise ValueError("feature statistics must be finite with std > 0")
+
+    @classmethod
+    def identity(cls, config: Config) -> "FeatureStats":
+        """Statistics that leave features unchanged (mean 0, std 1)."""
+        size = config.n_bins if config.feature == "spectrogram" else 1
+        return cls(np.zeros(size), np.ones(size), stats_fields(config))
+
+    @classmethod
+    def from_moments(cls, config: Config, count: float, total, squares,
+                     source: str = "") -> "FeatureStats":
+        """Statistics from summed :func:`feature_moments`; std is floored at :data:`STD_FLOOR`."""
+        if count <= 0:
+            raise ValueError("no feature values to compute statistics from")
+        mean = np.asarray(total, np.float64) / count
+        var = np.maximum(np.asarray(squares, np.float64) / count - mean * mean, 0.0)
+        std = np.maximum(np.sqrt(var), STD_FLOOR)
+        return cls(mean, std, stats_fields(config), float(count), source)
+
+    def matches(self, config: Config) -> bool:
+        """True when these statistics were computed under ``config``'s feature settings."""
+        return self.fields == stats_fields(config)
+
+    def save(self, path: str) -> None:
+        """Write as JSON (atomically)."""
+        data = {
+            "mean": self.mean.tolist(), "std": self.std.tolist(), "fields": self.fields,
+            "count": self.count, "source": self.source,
+        }
+        atomic_write_text(path, json.dumps(data, indent=1))
+
+    @classmethod
+    def load(cls, path: str) -> "FeatureStats":
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        return cls(data["mean"], data["std"], data.get("fields", {}), data.get("count", 0.0),
+                   data.get("source", ""))
+
+    def _broadcast(self, x):
+        # (W, 1): along the W axis of (..., H, W, C), shared across channels.
+        return self.mean.reshape(-1, 1), self.std.reshape(-1, 1)
+
+    def normalize(self, x):
+        """``(x - mean) / std`` for ``x`` of shape ``(..., H, W, C)`` (tf tensor or numpy)."""
+        mean, std = self._broadcast(x)
+        if isinstance(x, (tf.Tensor, tf.Variable)):
+            return (x - tf.constant(mean, x.dtype)) / tf.constant(std, x.dtype)
+        return ((np.asarray(x) - mean) / std).astype(np.float32)
+
+    def denormalize(self, x):
+        """Inverse of :meth:`normalize`."""
+        mean, std = self._broadcast(x)
+        if isinstance(x, (tf.Tensor, tf.Variable)):
+            return x * tf.constant(std, x.dtype) + tf.constant(mean, x.dtype)
+        return (np.asarray(x) * std + mean).astype(np.float32)
+
+
+class MomentSum:
+    """Running sums of :func:`feature_moments` over songs, turned into :class:`FeatureStats` at the
+    end (float64, so the sums of many songs lose nothing)."""
+
+    def __init__(self, config: Config):
+        self.config, self.count, self.total, self.squares = config, 0.0, 0.0, 0.0
+
+    def add(self, samples: np.ndarray) -> None:
+        """Add the moments of one song, ``samples (N,)`` at ``config.sampling_rate``."""
+        count, total, squares = feature_moments(samples, self.config)
+        self.count, self.total, self.squares = (
+            self.count + count, self.total + total, self.squares + squares)
+
+    def stats(self, source: str) -> FeatureStats:
+        """The statistics of every song added; ``source`` names them (a records fingerprint)."""
+        return FeatureStats.from_moments(self.config, self.count, self.total, self.squares, source)
+
+
+@dataclasses.dataclass
+class SongFeatures:
+    """A whole song as model input for the fully convolutional model.
+
+    x: normalised features ``(T, W, C)`` float32, ``T`` padded up to a multiple of
+        ``config.time_multiple`` with the features of digital silence.
+    phase: STFT phase ``(num_steps, bins)`` in radians (spectrogram), else ``None``.
+    num_samples: length of the song in samples.
+    num_steps: time steps of the song before padding.
+    """
+
+    x: np.ndarray
+    phase: Optional[np.ndarray]
+    num_samples: int
+    num_steps: int
+
+
+def _pad_steps(features: np.ndarray, multiple: int, value: float) -> np.ndarray:
+    missing = -len(features) % multiple
+    if not missing:
+        return features
+    filler = np.full((missing,) + features.shape[1:], value, features.dtype)
+    return np.concatenate([features, filler])
+
+
+def song_to_features(samples: np.ndarray, config: Config, stats: FeatureStats) -> SongFeatures:
+    """Features of a whole song ``samples [N]`` (at ``config.sampling_rate``).
+
+    Spectrogram: the centred STFT (``1 + ceil(N / hop)`` frames) with its phase. Waveform: the
+    samples zero-padded to a multiple of ``channel_size`` and folded. Either way ``T`` is then
+    padded to a multiple of ``config.time_multiple`` with silence.
+    """
+    samples = np.asarray(samples, np.float32).reshape(-1)
+    if config.feature == "spectrogram":
+        log_mag, phase = spectrogram(samples, config)
+        features = log_mag.numpy()[..., None]
+        phase = phase.numpy()
+        silence = float(np.log(np.float32(config.log_floor)))
+    else:
+        size = config.channel_size
+        padded = np.pad(samples, (0, -len(samples) % size))
+        features = padded.reshape(-1, 1, size)
+        phase, silence = None, 0.0
+    num_steps = len(features)
+    features = _pad_steps(features, config.time_multiple, silence)
+    return SongFeatures(stats.normalize(features), phase, len(samples), num_steps)
+
+
+def features_to_song(
+    x,
+    config: Config,
+    stats: FeatureStats,
+    song: Optional[SongFeatures] = None,
+    use_phase: bool = True,
+) -> np.ndarray:
+    """Samples float32 ``[num_samples]`` from normalised features ``x (T, W, C)``.
+
+    With ``song`` (the :class:`SongFeatures` ``x`` came from, or was migrated from), its padding
+    is dropped and its length restored; spectrograms use its phase (exact inverse) unless
+    ``use_phase`` is False. Without ``song`` all ``T`` steps are kept and spectrograms are
+    inverted with Griffin-Lim. Waveforms are simply unfolded.
+    """
+    features = stats.denormalize(np.asarray(x, np.float32))
+    steps = song.num_steps if song is not None else len(features)
+    features = features[:steps]
+    if config.feature == "waveform":
+        samples = features.reshape(-1)
+        return samples[: song.num_samples] if song is not None else samples
+    log_mag = features[..., 0]
+    num_samples = song.num_samples if song is not None else (steps - 1) * config.hop_length
+    if song is not None and use_phase and song.phase is not None:
+        out = spectrogram_to_audio(log_mag, song.phase, config, num_samples)
+    else:
+        out = griffin_lim(log_mag, config, num_samples)
+    return out.numpy().astype(np.float32)

@@ -1,0 +1,278 @@
+"""The reading side of a records folder: one :class:`Records` object per folder.
+
+A records folder (made by :mod:`utils.records_writer`, through ``SongDataLoader.make``) holds
+TFRecord shards of whole songs, ``manifest.json`` and the normalisation statistics of each feature
+made so far. :class:`Records` reads the manifest once, then serves the songs, their statistics and
+two ``tf.data`` pipelines of normalised patches: random windows for training, aligned windows for
+evaluation.
+
+What both sides share lives here too: the file names, the record layout, the manifest reader, the
+fingerprint that ties saved statistics to the songs they came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from common_definitions import Config
+from utils.features import FeatureStats, MomentSum, patch_features
+from utils.errors import SinGlowError
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+SHARD_PATTERN = "shard-{:05d}.tfrecord"
+# Whole songs held in memory while shuffling (a 3-minute song at 16 kHz is 11 MB) and songs whose
+# windows are dealt out in turn; together with the patch shuffle buffer they decorrelate a batch.
+SONG_SHUFFLE_BUFFER = 16
+SONGS_INTERLEAVED = 8
+
+# One tf.train.Example per song. The samples are raw little-endian float32 bytes: parsing a bytes
+# feature is far faster than a FloatList of millions of values.
+RECORD_SPEC = {
+    "audio": tf.io.FixedLenFeature([], tf.string),
+    "num_samples": tf.io.FixedLenFeature([], tf.int64),
+    "sampling_rate": tf.io.FixedLenFeature([], tf.int64),
+    "path": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.string),
+}
+
+
+class DataError(SinGlowError, ValueError):
+    """Unusable data folders or records; the message is one line."""
+
+
+@dataclasses.dataclass
+class Song:
+    """One record: mono float32 ``samples`` at ``sampling_rate`` Hz, its source path and label."""
+
+    samples: np.ndarray
+    sampling_rate: int
+    path: str
+    label: str
+
+
+def parse_record(record: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """One serialised song -> ``audio (N,)`` float32, ``num_samples``, ``sampling_rate``,
+    ``path``, ``label``."""
+    parsed = tf.io.parse_single_example(record, RECORD_SPEC)
+    parsed["audio"] = tf.io.decode_raw(parsed["audio"], tf.float32, little_endian=True)
+    return parsed
+
+
+def read_records_manifest(records_dir: str) -> Optional[dict]:
+    """The records manifest of ``records_dir``, or None when the folder holds no records (any other
+    ``manifest.json``, e.g. the demo corpus's, is not one)."""
+    try:
+        with open(os.path.join(records_dir, MANIFEST), encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION or not \
+            isinstance(manifest.get("files"), dict):
+        return None
+    return manifest
+
+
+def ok_entries(manifest: dict) -> Dict[str, dict]:
+    """The manifest entries, by path, of the songs the records hold."""
+    return {path: e for path, e in manifest["files"].items() if e.get("status") == "ok"}
+
+
+def fingerprint(manifest: dict) -> str:
+    """16 hex digits naming the songs of ``manifest`` (path, size, mtime, label) and its rate:
+    saved statistics with the same fingerprint were computed from the same songs."""
+    songs = sorted((p, e["size"], e["mtime_ns"], e["label"])
+                   for p, e in ok_entries(manifest).items())
+    text = json.dumps([manifest["sampling_rate"], songs])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def stats_path(records_dir: str, config: Config) -> str:
+    """Where the statistics of ``config.feature`` are saved beside the records."""
+    return os.path.join(records_dir, f"feature_stats_{config.feature}.json")
+
+
+def saved_stats(records_dir: str, config: Config, source: str) -> Optional[FeatureStats]:
+    """The saved statistics, if computed from the songs ``source`` names under ``config``."""
+    try:
+        saved = FeatureStats.load(stats_path(records_dir, config))
+    except (OSError, ValueError, KeyError):
+        return None
+    return saved if saved.matches(config) and saved.source == source else None
+
+
+def iterate_songs(records_dir: str, names: Sequence[str]) -> Iterator[Song]:
+    """Every song in the shards ``names`` of ``records_dir``, in order."""
+    if not names:  # building an empty pipeline would still trace its parse function
+        return
+    paths = [os.path.join(records_dir, name) for name in names]
+    for record in tf.data.TFRecordDataset(paths).map(parse_record).as_numpy_iterator():
+        yield Song(record["audio"], int(record["sampling_rate"]),
+                   record["path"].decode("utf-8", "surrogateescape"),
+                   record["label"].decode("utf-8", "surrogateescape"))
+
+
+def aligned_step(config: Config) -> int:
+    """Samples between aligned windows: consecutive patches hold consecutive time steps.
+
+    For spectrograms that is ``window_size * hop_length`` (the patches' frames tile the song's
+    frame grid, none twice); for waveforms ``window_size``.
+    """
+    if config.feature == "spectrogram":
+        return config.window_size * config.hop_length
+    return config.window_size
+
+
+class Records:
+    """The records of one folder under one :class:`Config`; the manifest is read once, here.
+
+    Attributes:
+        records_dir: the folder.
+        shard_paths: the shards the manifest lists, sorted (an orphan from an interrupted run is
+            never read).
+
+    Raises:
+        DataError: no records in the folder, records at another sampling rate, or none of their
+            songs usable.
+    """
+
+    def __init__(self, config: Config, records_dir: Optional[str] = None):
+        self.config = config
+        self.records_dir = records_dir if records_dir is not None else config.records_dir
+        manifest = read_records_manifest(self.records_dir)
+        if manifest is None:
+            raise DataError(f"no records in {self.records_dir}: make them first with "
+                            f"`python data_loader.py AUDIO_DIR --out {self.records_dir}`")
+        if manifest["sampling_rate"] != config.sampling_rate:
+            raise DataError(
+                f"records in {self.records_dir} are at {manifest['sampling_rate']} Hz, the config "
+                f"asks for {config.sampling_rate} Hz: remake them or set --sampling_rate"
+            )
+        songs = ok_entries(manifest)
+        names = sorted({e["shard"] for e in songs.values()})
+        if not names:
+            raise DataError(f"the records in {self.records_dir} hold no usable song")
+        self.shard_paths: List[str] = [os.path.join(self.records_dir, n) for n in names]
+        self._source = fingerprint(manifest)
+        self._longest = max(e["num_samples"] for e in songs.values())
+        self._stats: Optional[FeatureStats] = None
+
+    def songs(self) -> Iterator[Song]:
+        """Every song in the records, in shard order."""
+        return iterate_songs(self.records_dir, [os.path.basename(p) for p in self.shard_paths])
+
+    def stats(self) -> FeatureStats:
+        """Normalisation statistics of ``config.feature`` over every song in the records.
+
+        Read from ``feature_stats_<feature>.json`` beside the records when it was computed from
+        the same songs under the same feature settings; otherwise recomputed and saved.
+        """
+        if self._stats is None:
+            self._stats = saved_stats(self.records_dir, self.config, self._source)
+        if self._stats is None:
+            moments = MomentSum(self.config)
+            for song in self.songs():
+                moments.add(song.samples)
+            self._stats = moments.stats(self._source)
+            self._stats.save(stats_path(self.records_dir, self.config))
+        return self._stats
+
+    def training_dataset(
+        self,
+        batch_size: Optional[int] = None,
+        seed: Optional[int] = None,
+        stats: Optional[FeatureStats] = None,
+        labels: bool = False,
+    ) -> tf.data.Dataset:
+        """Endless batches ``(B, H, W, C)`` float32 (``config.input_shape``) of normalised patches
+        at random offsets: shards, songs and patches shuffled, the last incomplete batch dropped
+        (static batch size, as Keras wants).
+
+        Each pass over a song draws ``max(1, N // patch_samples)`` windows at uniform offsets, so
+        every song contributes in proportion to its length, and each pass draws new ones.
+
+        Args:
+            batch_size: patches per batch (default ``config.batch_size``).
+            seed: seeds the shuffles and the windows (default ``config.seed``); the same seed
+                gives the same batches.
+            stats: normalise with these statistics (e.g. a checkpoint's) instead of the records'.
+            labels: yield ``(patches, labels)`` with ``labels (B,)`` tf.string folder names.
+        """
+        return self._dataset(batch_size, seed, stats, labels, training=True)
+
+    def evaluation_dataset(
+        self,
+        batch_size: Optional[int] = None,
+        stats: Optional[FeatureStats] = None,
+        labels: bool = False,
+    ) -> tf.data.Dataset:
+        """One deterministic pass of batches ``(B, H, W, C)`` over aligned windows: each song cut
+        into consecutive windows from its first sample, :func:`aligned_step` apart (the tail
+        shorter than a patch is left out); the last batch may be smaller. Arguments as
+        :meth:`training_dataset`."""
+        return self._dataset(batch_size, None, stats, labels, training=False)
+
+    def _dataset(self, batch_size, seed, stats, labels: bool, training: bool) -> tf.data.Dataset:
+        config = self.config
+        shards = self.shard_paths
+        stats = self.stats() if stats is None else stats
+        batch_size = config.batch_size if batch_size is None else int(batch_size)
+        seed = config.seed if seed is None else int(seed)
+        patch = config.patch_samples
+        step = aligned_step(config)
+        if self._longest < patch:
+            raise DataError(
+                f"no song in {self.records_dir} is one patch long ({config.patch_seconds:.2f} s); "
+                "lower window_size or add longer songs"
+            )
+
+        ds = tf.data.Dataset.from_tensor_slices(shards)
+        if training:
+            ds = ds.shuffle(len(shards), seed=seed)
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(shards)),
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(parse_record, num_parallel_calls=tf.data.AUTOTUNE)
+        # Records made for a smaller patch may hold songs too short for this one.
+        ds = ds.filter(lambda song: song["num_samples"] >= patch)
+        if training:
+            ds = ds.shuffle(SONG_SHUFFLE_BUFFER, seed=seed + 1).repeat()
+        ds = ds.enumerate()
+
+        def cut(index, song):
+            audio, count = song["audio"], tf.shape(song["audio"], tf.int64)[0]
+            if not training:
+                windows = 1 + (count - patch) // step
+                offsets = tf.range(windows) * step
+            else:
+                windows = tf.maximum(count // patch, 1)
+                # Stateless draws keyed by (seed, song visit): reproducible under parallel maps.
+                offsets = tf.random.stateless_uniform(
+                    [windows], seed=tf.stack([tf.cast(seed, tf.int64), index]),
+                    minval=0, maxval=count - patch + 1, dtype=tf.int64)
+            cuts = tf.gather(audio, offsets[:, None] + tf.range(patch, dtype=tf.int64)[None, :])
+            return cuts, tf.fill([windows], song["label"])
+
+        ds = ds.map(cut, num_parallel_calls=tf.data.AUTOTUNE)
+        if training:
+            # Round-robin over several songs' windows, so a batch is not one song's patches.
+            ds = ds.interleave(
+                lambda cuts, names: tf.data.Dataset.from_tensor_slices((cuts, names)),
+                cycle_length=SONGS_INTERLEAVED, block_length=1)
+            ds = ds.shuffle(config.shuffle_buffer, seed=seed + 2)
+        else:
+            ds = ds.unbatch()
+        ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=tf.data.AUTOTUNE)
+
+        def featurise(windows, names):
+            patches = stats.normalize(patch_features(windows, config))
+            return (patches, names) if labels else patches
+
+        ds = ds.map(featurise, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
