@@ -110,6 +110,14 @@ class Config:
         flag="--no_lu", flag_help="plain invertible 1x1 convolutions instead of LU-decomposed ones")
     scale_shift: float = _field(2.0, "affine scale is sigmoid(h + scale_shift)", model=True,
                                 details="2.0 starts near the identity")
+    conditional: bool = _field(
+        False, "train p(x | singer): a learned embedding per singer (top folder) conditions "
+               "every coupling network and prior", model=True,
+        details="the singers' names are saved in ``singers.json`` beside the checkpoint; "
+                "``migrate.py --method convert`` encodes under one singer and decodes under "
+                "another")
+    singer_dims: int = _field(16, "size of a singer's embedding (with --conditional)",
+                              model=True)
     # training
     batch_size: int = _field(16, "global batch size (split over the devices)")
     learning_rate: float = _field(1e-3, "peak Adam learning rate")
@@ -166,7 +174,7 @@ class Config:
             raise ValueError(f"coupling must be one of {COUPLINGS}, got {self.coupling!r}")
         positive = (
             "sampling_rate", "n_fft", "hop_length", "window_size", "channel_size", "k_glow",
-            "l_glow", "hidden_channels", "batch_size", "epochs", "steps_per_epoch",
+            "l_glow", "hidden_channels", "singer_dims", "batch_size", "epochs", "steps_per_epoch",
             "checkpoint_every", "max_checkpoints", "max_nonfinite_steps", "griffin_lim_iters",
             "shuffle_buffer", "log_every",
         )

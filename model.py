@@ -43,7 +43,7 @@ LOG_2PI = math.log(2.0 * math.pi)
 _DEFAULTS = Config()
 # Glow's keywords besides input_shape: Config fields of the same names (Glow.from_config).
 _GLOW_KEYWORDS = ("k_glow", "l_glow", "hidden_channels", "coupling", "lu_decomposed",
-                  "scale_shift", "seed")
+                  "scale_shift", "seed", "singer_dims")
 
 
 def _spatial_size(x: tf.Tensor) -> tf.Tensor:
@@ -221,10 +221,17 @@ class CouplingNetwork(keras.layers.Layer):
     ``kernel_size`` is (3, 3) for images and (3, 1) for waveforms (width 1), so no multiply is
     spent on padding. With at most ``_GEMM_MAX_CONDITIONING_CHANNELS`` input channels, the first
     and last convolutions run as GEMMs (``utils.flow_ops``): the same function, computed faster.
+
+    With ``cond_dims > 0`` the network also takes a conditioning vector ``cond (B, cond_dims)``
+    (a singer's embedding): a learned linear map of it is added to each hidden layer before its
+    ReLU, the same at every position (Blow's speaker conditioning), so what the coupling does to a
+    frame depends on both the frame's content and the singer.
     """
 
-    def __init__(self, in_channels, hidden_channels, out_channels, kernel_size, **kwargs):
+    def __init__(self, in_channels, hidden_channels, out_channels, kernel_size, cond_dims=0,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.cond_dims = int(cond_dims)
         self.gemm = in_channels <= _GEMM_MAX_CONDITIONING_CHANNELS
         self.conv_in = keras.layers.Conv2D(
             hidden_channels, kernel_size, padding="same", activation="relu", name="conv_in",
@@ -238,28 +245,46 @@ class CouplingNetwork(keras.layers.Layer):
                                    name="conv_out")
         self.conv_in.build((None, None, None, in_channels))
         self.conv_hidden.build((None, None, None, hidden_channels))
+        if self.cond_dims:
+            init = keras.initializers.RandomNormal(stddev=0.05)
+            self.cond_in = keras.layers.Dense(hidden_channels, kernel_initializer=init,
+                                              name="cond_in")
+            self.cond_hidden = keras.layers.Dense(hidden_channels, kernel_initializer=init,
+                                                  name="cond_hidden")
+            self.cond_in.build((None, self.cond_dims))
+            self.cond_hidden.build((None, self.cond_dims))
         self.built = True
 
-    def call(self, x):
-        if self.gemm:
-            kernel = tf.convert_to_tensor(self.conv_in.kernel)
-            h = tf.nn.relu(conv_from_few(x, kernel) + self.conv_in.bias)
-        else:
-            h = self.conv_in(x)
-        return self.conv_out(self.conv_hidden(h))
+    def call(self, x, cond=None):
+        if cond is None:
+            if self.gemm:
+                kernel = tf.convert_to_tensor(self.conv_in.kernel)
+                h = tf.nn.relu(conv_from_few(x, kernel) + self.conv_in.bias)
+            else:
+                h = self.conv_in(x)
+            return self.conv_out(self.conv_hidden(h))
+        kernel = tf.convert_to_tensor(self.conv_in.kernel)
+        h = conv_from_few(x, kernel) if self.gemm else tf.nn.conv2d(x, kernel, 1, "SAME")
+        h = tf.nn.relu(h + self.conv_in.bias + self.cond_in(cond)[:, None, None, :])
+        hidden = tf.convert_to_tensor(self.conv_hidden.kernel)
+        h = tf.nn.conv2d(h, hidden, 1, "SAME") + self.conv_hidden.bias
+        h = tf.nn.relu(h + self.cond_hidden(cond)[:, None, None, :])
+        return self.conv_out(h)
 
 
 class AffineCoupling(FlowLayer):
     """Coupling layer: the first half of the channels conditions a transform of the second half.
 
-    affine:   y_b = (x_b + t(x_a)) * s(x_a),  s = sigmoid(h + scale_shift) in (0, 1)
+    affine:   y_b = (x_b + t(x_a, c)) * s(x_a, c),  s = sigmoid(h + scale_shift) in (0, 1)
               logdet = sum log s                                       (nats, per example)
-    additive: y_b = x_b + t(x_a), logdet = 0.
-    The bounded scale keeps the inverse ``x_b = y_b / s - t`` well conditioned.
+    additive: y_b = x_b + t(x_a, c), logdet = 0.
+    The bounded scale keeps the inverse ``x_b = y_b / s - t`` well conditioned. ``c`` is the
+    optional conditioning vector ``(B, cond_dims)``; like ``x_a`` it is never transformed, so the
+    layer is a bijection of ``x`` with the same log-determinant for every ``c``.
     """
 
     def __init__(self, channels, hidden_channels, kernel_size, coupling="affine",
-                 scale_shift=2.0, **kwargs):
+                 scale_shift=2.0, cond_dims=0, **kwargs):
         super().__init__(**kwargs)
         if channels < 2:
             raise ValueError(f"a coupling needs at least 2 channels, got {channels}")
@@ -269,21 +294,21 @@ class AffineCoupling(FlowLayer):
         transformed = channels - self.split_at
         self.network = CouplingNetwork(
             self.split_at, hidden_channels, transformed * (2 if self.affine else 1), kernel_size,
-            name="nn",
+            cond_dims, name="nn",
         )
         self.built = True
 
-    def _shift_scale(self, x_a):
+    def _shift_scale(self, x_a, cond=None):
         """(shift, scale logit) from the conditioning half; the logit is None when additive."""
-        h = self.network(x_a)
+        h = self.network(x_a, cond)
         if not self.affine:
             return h, None
         shift, raw = tf.split(h, 2, axis=-1)
         return shift, raw + self.scale_shift
 
-    def forward(self, x):
+    def forward(self, x, cond=None):
         x_a, x_b = tf.split(x, [self.split_at, -1], axis=-1)
-        shift, logit = self._shift_scale(x_a)
+        shift, logit = self._shift_scale(x_a, cond)
         if logit is None:
             return tf.concat([x_a, x_b + shift], axis=-1), tf.zeros([tf.shape(x)[0]])
         y_b = (x_b + shift) * tf.sigmoid(logit)
@@ -291,34 +316,35 @@ class AffineCoupling(FlowLayer):
         logdet = tf.reduce_sum(tf.math.log_sigmoid(logit), axis=[1, 2, 3])
         return tf.concat([x_a, y_b], axis=-1), logdet
 
-    def inverse(self, y):
+    def inverse(self, y, cond=None):
         y_a, y_b = tf.split(y, [self.split_at, -1], axis=-1)
-        shift, logit = self._shift_scale(y_a)
+        shift, logit = self._shift_scale(y_a, cond)
         x_b = y_b - shift if logit is None else y_b / tf.sigmoid(logit) - shift
         return tf.concat([y_a, x_b], axis=-1)
 
 
 class FlowStep(FlowLayer):
-    """One step of flow: ActNorm -> invertible 1x1 conv -> coupling."""
+    """One step of flow: ActNorm -> invertible 1x1 conv -> coupling (the one conditioned part)."""
 
     def __init__(self, channels, hidden_channels, kernel_size, coupling, lu_decomposed,
-                 scale_shift, seed, **kwargs):
+                 scale_shift, seed, cond_dims=0, **kwargs):
         super().__init__(**kwargs)
         self.actnorm = ActNorm(channels, name="actnorm")
         self.invconv = Invertible1x1Conv(channels, lu_decomposed, seed=seed, name="invconv")
         self.coupling = AffineCoupling(
-            channels, hidden_channels, kernel_size, coupling, scale_shift, name="coupling"
+            channels, hidden_channels, kernel_size, coupling, scale_shift, cond_dims,
+            name="coupling"
         )
         self.built = True
 
-    def forward(self, x):
+    def forward(self, x, cond=None):
         x, logdet_a = self.actnorm.forward(x)
         x, logdet_w = self.invconv.forward(x)
-        x, logdet_c = self.coupling.forward(x)
+        x, logdet_c = self.coupling.forward(x, cond)
         return x, logdet_a + logdet_w + logdet_c
 
-    def inverse(self, y):
-        return self.actnorm.inverse(self.invconv.inverse(self.coupling.inverse(y)))
+    def inverse(self, y, cond=None):
+        return self.actnorm.inverse(self.invconv.inverse(self.coupling.inverse(y, cond)))
 
 
 def squeeze(x: tf.Tensor, time_only: bool) -> tf.Tensor:
@@ -344,12 +370,15 @@ class GaussianPrior(keras.layers.Layer):
 
     ``conditional``: mean and log-scale come from a zero-initialised conv of the kept half (the
     split prior of Glow). Otherwise they are learned per channel and broadcast over positions (the
-    top prior), so the prior does not depend on the number of time steps.
+    top prior), so the prior does not depend on the number of time steps. With ``singer_dims >
+    0`` a zero-initialised linear map of the singer's embedding ``(B, singer_dims)`` is added to
+    both, the same at every position.
 
     logdet of z -> eps = -sum(logs) over the latent (nats, per example).
     """
 
-    def __init__(self, channels: int, cond_channels: int = 0, kernel_size=(3, 3), **kwargs):
+    def __init__(self, channels: int, cond_channels: int = 0, kernel_size=(3, 3),
+                 singer_dims: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.conditional = cond_channels > 0
         if self.conditional:
@@ -357,20 +386,30 @@ class GaussianPrior(keras.layers.Layer):
         else:
             self.mean = self.add_weight(shape=(channels,), initializer="zeros", name="mean")
             self.logs = self.add_weight(shape=(channels,), initializer="zeros", name="logs")
+        self.singer_dims = int(singer_dims)
+        if self.singer_dims:
+            self.singer = keras.layers.Dense(2 * channels, kernel_initializer="zeros",
+                                             name="prior_singer")
+            self.singer.build((None, self.singer_dims))
         self.built = True
 
-    def _params(self, cond: Optional[tf.Tensor], like: tf.Tensor):
+    def _params(self, cond: Optional[tf.Tensor], like: tf.Tensor, singer=None):
         if self.conditional:
-            return tf.split(self.conv(cond), 2, axis=-1)
-        return self.mean + tf.zeros_like(like), self.logs + tf.zeros_like(like)
+            params = self.conv(cond)
+        else:
+            params = tf.concat([self.mean, self.logs], axis=0) + tf.zeros_like(
+                tf.concat([like, like], axis=-1))
+        if singer is not None:
+            params = params + self.singer(singer)[:, None, None, :]
+        return tf.split(params, 2, axis=-1)
 
-    def whiten(self, z, cond=None):
-        mean, logs = self._params(cond, z)
+    def whiten(self, z, cond=None, singer=None):
+        mean, logs = self._params(cond, z, singer)
         eps = (z - mean) * tf.exp(-logs)
         return eps, -tf.reduce_sum(logs, axis=[1, 2, 3])
 
-    def color(self, eps, cond=None):
-        mean, logs = self._params(cond, eps)
+    def color(self, eps, cond=None, singer=None):
+        mean, logs = self._params(cond, eps, singer)
         return eps * tf.exp(logs) + mean
 
 
@@ -378,9 +417,18 @@ class GaussianPrior(keras.layers.Layer):
 class Glow(keras.Model):
     """SinGlow's Glow: ``encode`` x -> (z, logdet), ``decode`` z -> x, exact inverses.
 
-    Built by ``Glow.from_config(config)`` or from keywords only (``Glow(input_shape=(64, 256, 1),
-    k_glow=4, l_glow=3, hidden_channels=128, coupling="affine", lu_decomposed=True,
-    scale_shift=2.0, seed=0)``); a keyword not given takes the default ``Config``'s value.
+    Built by ``Glow.from_config(config, num_singers=N)`` or from keywords only
+    (``Glow(input_shape=(64, 256, 1), k_glow=4, l_glow=3, hidden_channels=128, coupling="affine",
+    lu_decomposed=True, scale_shift=2.0, seed=0)``); a keyword not given takes the default
+    ``Config``'s value.
+
+    Singer-conditional (``num_singers > 0``): a learned embedding of ``singer_dims`` per singer
+    conditions every coupling network and every prior, so the model is p(x | singer). Each
+    method then takes ``singer``: ``(B,)`` integer ids, or ``(B, singer_dims)`` float
+    conditioning vectors (e.g. a mix of two singers' :meth:`singer_condition`). The conditioning
+    never depends on the transformed half of a coupling, so under every singer each layer is a
+    bijection with the same kind of log-determinant. ``num_singers = 0`` is the unconditional
+    Glow (no conditioning variables at all; ``singer`` must be None).
 
     Shapes: x (B, H, W, C) with H any multiple of ``2**L`` (time steps), W and C as configured;
     z (B, D) with D = H * W * C; logdet (B,) nats.
@@ -391,6 +439,7 @@ class Glow(keras.Model):
                  hidden_channels: int = _DEFAULTS.hidden_channels,
                  coupling: str = _DEFAULTS.coupling, lu_decomposed: bool = _DEFAULTS.lu_decomposed,
                  scale_shift: float = _DEFAULTS.scale_shift, seed: int = _DEFAULTS.seed,
+                 num_singers: int = 0, singer_dims: int = _DEFAULTS.singer_dims,
                  name: str = "glow", **kwargs):
         super().__init__(name=name, **kwargs)
         shape = tuple(int(s) for s in input_shape)
@@ -398,7 +447,14 @@ class Glow(keras.Model):
         self.hidden_channels, self.coupling = int(hidden_channels), coupling
         self.lu_decomposed = bool(lu_decomposed)
         self.scale_shift, self.seed = float(scale_shift), int(seed)
+        self.num_singers, self.singer_dims = int(num_singers), int(singer_dims)
         self._validate(shape)
+        cond_dims = self.singer_dims if self.num_singers else 0
+        if self.num_singers:
+            # Unit-variance embeddings: distinct singers start far apart in conditioning space.
+            self.singer_embedding = self.add_weight(
+                shape=(self.num_singers, self.singer_dims), name="singer_embedding",
+                initializer=keras.initializers.RandomNormal(stddev=1.0, seed=self.seed))
         self.image_shape = shape
         height, width, channels = shape
         self.time_only = width == 1
@@ -414,7 +470,8 @@ class Glow(keras.Model):
             steps = [
                 FlowStep(channels, self.hidden_channels, kernel_size, self.coupling,
                          self.lu_decomposed, self.scale_shift,
-                         seed=self.seed * 1000 + level * 100 + k, name=f"level{level}_step{k}")
+                         seed=self.seed * 1000 + level * 100 + k, cond_dims=cond_dims,
+                         name=f"level{level}_step{k}")
                 for k in range(self.k_glow)
             ]
             self.levels.append(steps)
@@ -424,31 +481,62 @@ class Glow(keras.Model):
             if level < self.l_glow - 1:
                 kept = channels // 2
                 out = channels - kept
-                self.priors.append(GaussianPrior(out, kept, kernel_size, name=f"split_prior{level}"))
+                self.priors.append(GaussianPrior(out, kept, kernel_size, cond_dims,
+                                                 name=f"split_prior{level}"))
                 self.latent_shapes.append((width, out))
                 channels = kept
             else:
-                self.priors.append(GaussianPrior(channels, name="top_prior"))
+                self.priors.append(GaussianPrior(channels, singer_dims=cond_dims,
+                                                 name="top_prior"))
                 self.latent_shapes.append((width, channels))
         for prior in self.priors:
             setattr(self, prior.name, prior)
         # Build every sublayer with a single zero example so variables exist before restoring.
-        self._forward(tf.zeros((1, *self.image_shape)))
+        self._forward(tf.zeros((1, *self.image_shape)),
+                      tf.zeros((1, cond_dims)) if cond_dims else None)
         self.built = True
 
     @classmethod
-    def from_config(cls, config: Config, **kwargs) -> "Glow":
+    def from_config(cls, config: Config, num_singers: int = 0, **kwargs) -> "Glow":
         """The model ``config`` describes (``kwargs`` go to Keras, e.g. ``name``). Overrides
-        Keras' ``Model.from_config``, whose :meth:`get_config` dicts it also still accepts."""
+        Keras' ``Model.from_config``, whose :meth:`get_config` dicts it also still accepts.
+
+        ``num_singers``: the singers of a ``config.conditional`` model (the length of its singer
+        map); an unconditional config ignores it.
+        """
         if not isinstance(config, Config):
             return cls(**{**config, **kwargs})
+        if config.conditional and num_singers < 1:
+            raise ValueError("a conditional model needs num_singers >= 1 (its singer map)")
         options = {key: getattr(config, key) for key in _GLOW_KEYWORDS}
-        return cls(input_shape=config.input_shape, **options, **kwargs)
+        return cls(input_shape=config.input_shape, num_singers=num_singers if config.conditional
+                   else 0, **options, **kwargs)
 
     def get_config(self) -> dict:
         """The keywords that rebuild this architecture (Keras serialisation; no weights)."""
         options = {key: getattr(self, key) for key in _GLOW_KEYWORDS}
-        return {"name": self.name, "input_shape": self.image_shape, **options}
+        return {"name": self.name, "input_shape": self.image_shape,
+                "num_singers": self.num_singers, **options}
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_singers > 0
+
+    def singer_condition(self, singer) -> Optional[tf.Tensor]:
+        """The conditioning vectors ``(B, singer_dims)`` float32 of ``singer``: ``(B,)`` ids are
+        looked up in the embedding, float vectors pass through. None for the unconditional model
+        (which refuses any ``singer``)."""
+        if not self.conditional:
+            if singer is not None:
+                raise ValueError("this model is unconditional: it takes no singer")
+            return None
+        if singer is None:
+            raise ValueError(f"this model is conditional on {self.num_singers} singers: give "
+                             "singer ids (or conditioning vectors)")
+        singer = tf.convert_to_tensor(singer)
+        if singer.dtype.is_floating:
+            return tf.cast(singer, tf.float32)
+        return tf.gather(self.singer_embedding, tf.cast(singer, tf.int32))
 
     def _validate(self, shape):
         if len(shape) != 3 or min(shape) < 1:
@@ -468,8 +556,8 @@ class Glow(keras.Model):
             raise ValueError(f"coupling must be 'affine' or 'additive', got {self.coupling!r}")
 
     # ------------------------------------------------------------------ core passes
-    def _forward(self, x, initialize: bool = False):
-        """x (B, H, W, C) -> (list of whitened latents, logdet (B,))."""
+    def _forward(self, x, cond=None, initialize: bool = False):
+        """x (B, H, W, C), cond (B, singer_dims) or None -> (whitened latents, logdet (B,))."""
         logdet = tf.zeros([tf.shape(x)[0]])
         latents = []
         h = x
@@ -479,29 +567,29 @@ class Glow(keras.Model):
                 if initialize:
                     # Only the ActNorm is set from data, on the input this step really sees.
                     step.actnorm.initialize(h)
-                h, step_logdet = step.forward(h)
+                h, step_logdet = step.forward(h, cond)
                 logdet += step_logdet
             prior = self.priors[level]
             if prior.conditional:
                 kept = h.shape[-1] // 2
                 h, z = tf.split(h, [kept, -1], axis=-1)
-                eps, prior_logdet = prior.whiten(z, h)
+                eps, prior_logdet = prior.whiten(z, h, cond)
             else:
-                eps, prior_logdet = prior.whiten(h)
+                eps, prior_logdet = prior.whiten(h, singer=cond)
             logdet += prior_logdet
             latents.append(eps)
         return latents, logdet
 
-    def _inverse(self, latents):
+    def _inverse(self, latents, cond=None):
         h = None
         for level in reversed(range(self.l_glow)):
             prior = self.priors[level]
             if prior.conditional:
-                h = tf.concat([h, prior.color(latents[level], h)], axis=-1)
+                h = tf.concat([h, prior.color(latents[level], h, cond)], axis=-1)
             else:
-                h = prior.color(latents[level])
+                h = prior.color(latents[level], singer=cond)
             for step in reversed(self.levels[level]):
-                h = step.inverse(h)
+                h = step.inverse(h, cond)
             h = unsqueeze(h, self.time_only)
         return h
 
@@ -524,49 +612,56 @@ class Glow(keras.Model):
         return [tf.reshape(p, s) for p, s in zip(pieces, shapes)]
 
     # ------------------------------------------------------------------ public API
-    def call(self, x):
+    def call(self, x, singer=None):
         """Keras entry point: the forward (encoding) direction, returns (z, logdet)."""
-        return self.encode(x)
+        return self.encode(x, singer)
 
-    def initialize(self, x: tf.Tensor) -> bool:
-        """Data-dependent ActNorm initialisation on the batch ``x``; runs at most once.
+    def initialize(self, x: tf.Tensor, singer=None) -> bool:
+        """Data-dependent ActNorm initialisation on the batch ``x`` (of singers ``singer``);
+        runs at most once.
 
         Returns True if it initialised, False if the model was already initialised (for example
         restored from a checkpoint), in which case nothing changes.
         """
         if self.is_initialized():
             return False
-        self._forward(tf.convert_to_tensor(x, tf.float32), initialize=True)
+        self._forward(tf.convert_to_tensor(x, tf.float32), self.singer_condition(singer),
+                      initialize=True)
         return True
 
     def is_initialized(self) -> bool:
         return all(bool(step.actnorm.initialized.numpy()) for steps in self.levels for step in steps)
 
     @tf.function(reduce_retracing=True)
-    def encode(self, x):
-        """x (B, H, W, C) -> (z (B, D) whitened latent, logdet (B,) nats of x -> z)."""
-        latents, logdet = self._forward(tf.convert_to_tensor(x, tf.float32))
+    def encode(self, x, singer=None):
+        """x (B, H, W, C) -> (z (B, D) whitened latent, logdet (B,) nats of x -> z), under
+        ``singer`` for a conditional model."""
+        cond = self.singer_condition(singer)
+        latents, logdet = self._forward(tf.convert_to_tensor(x, tf.float32), cond)
         return self._flatten(latents), logdet
 
     @tf.function(reduce_retracing=True)
-    def decode(self, z):
-        """z (B, D) -> x (B, H, W, C) with H = D / (W * C); the exact inverse of :meth:`encode`."""
-        return self._inverse(self._unflatten(tf.convert_to_tensor(z, tf.float32)))
+    def decode(self, z, singer=None):
+        """z (B, D) -> x (B, H, W, C) with H = D / (W * C); the exact inverse of :meth:`encode`
+        under the same ``singer`` (conversion: decode under another one)."""
+        cond = self.singer_condition(singer)
+        return self._inverse(self._unflatten(tf.convert_to_tensor(z, tf.float32)), cond)
 
-    def log_prob(self, x):
-        """log p(x) in nats, shape (B,): sum log N(z; 0, 1) + logdet."""
-        z, logdet = self.encode(x)
+    def log_prob(self, x, singer=None):
+        """log p(x) (or log p(x | singer)) in nats, shape (B,): sum log N(z; 0, 1) + logdet."""
+        z, logdet = self.encode(x, singer)
         return standard_normal_log_prob(z) + logdet
 
-    def bits_per_dim(self, x):
+    def bits_per_dim(self, x, singer=None):
         """-log p(x) / (D ln 2), shape (B,), with D = H * W * C of ``x``."""
         x = tf.convert_to_tensor(x, tf.float32)
         dims = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
-        return -self.log_prob(x) / (dims * math.log(2.0))
+        return -self.log_prob(x, singer) / (dims * math.log(2.0))
 
     def sample(self, n: int, temperature: float = 0.7, time_steps: Optional[int] = None,
-               seed: Optional[int] = None):
-        """Decode ``n`` draws of N(0, T^2 I); returns (n, time_steps, W, C).
+               seed: Optional[int] = None, singer=None):
+        """Decode ``n`` draws of N(0, T^2 I) (under ``singer``: ``(n,)`` ids or vectors);
+        returns (n, time_steps, W, C).
 
         ``time_steps`` defaults to the training patch length and must divide by ``2**L``.
         """
@@ -579,7 +674,7 @@ class Glow(keras.Model):
             eps = tf.random.normal(shape)
         else:
             eps = tf.random.stateless_normal(shape, seed=[seed, 0])
-        return self.decode(float(temperature) * eps)
+        return self.decode(float(temperature) * eps, singer)
 
     def latent_dims(self, time_steps: Optional[int] = None) -> int:
         """D for an input of ``time_steps`` steps (default: the training patch)."""

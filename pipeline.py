@@ -206,15 +206,11 @@ class Trainer:
         """Train steps run so far (applied and skipped), as saved in the checkpoint."""
         return int(self.step.numpy())
 
-    @property
-    def last_checkpoint(self) -> Optional[str]:
-        return self.run_folder.last_checkpoint
+    last_checkpoint = property(lambda self: self.run_folder.last_checkpoint)
 
     def restore(self, path: str) -> str:
-        """Restore model, optimizer, ``step`` and ``skipped_steps`` from ``path`` on every worker.
-
-        Raises :class:`CheckpointMismatch` when it does not fit.
-        """
+        """Restore model, optimizer, ``step`` and ``skipped_steps`` from ``path`` on every worker
+        (:class:`CheckpointMismatch` when it does not fit)."""
         self.run_folder.restore(self.model, path)
         variables = list(self.model.variables) + list(self.optimizer.variables) + [
             self.step, self.skipped_steps]
@@ -223,8 +219,7 @@ class Trainer:
         return path
 
     def save(self) -> Optional[str]:
-        """Save a checkpoint numbered by the global step; its path (chief) or None. Every worker
-        must call it."""
+        """Save a checkpoint numbered by the step (every worker calls it); its path or None."""
         return self.run_folder.save(self.stats)
 
     # ------------------------------------------------------------------ data
@@ -424,8 +419,7 @@ class Trainer:
 
     def make_clips(self):
         """A reconstruction and a sample of ``SUMMARY_SECONDS`` from the first song's middle."""
-        if self._clip is None:
-            self._clip = summary_clip(next(iter(self.records.songs())).samples, self.config)
+        self._clip = self._clip if self._clip is not None else summary_clip(self.records, self.config)
         return make_clips(self.model, self.config, self.stats, self._clip)
 
     def _end_epoch(self, step: int, totals: StepTotals, seconds: float) -> dict:

@@ -1,8 +1,8 @@
 """Draw SinGlow-TF2's modules and the imports between them, read from the source itself.
 
 Every top-level ``.py`` file and every module under ``utils/`` is a box, placed in the layer that
-DESIGN.md gives it (configuration, utilities, model and data, training, programs); an arrow
-``a -> b`` means "a imports b". The imports are parsed from the files (``ast``), so the figure
+DESIGN.md gives it (foundation: the Config and the error and file helpers; utilities; model and
+data; run folders and inference; training; programs); an arrow ``a -> b`` means "a imports b". The imports are parsed from the files (``ast``), so the figure
 cannot drift from the code, and the script exits 1 naming any import that points the wrong way
 (from a lower layer to a higher one, or from inference code into the training module).
 
@@ -21,10 +21,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Layers from the bottom; a module may import only modules of its own layer or below. A module
 # under utils/ that builds on the model or the data loader (the run-folder loader, whole-song
 # inference) sits in "run folders and inference", above them and below training.
-LAYERS = ("configuration", "utilities", "model and data", "run folders and inference", "training",
+LAYERS = ("foundation", "utilities", "model and data", "run folders and inference", "training",
           "programs")
+# The foundation: the Config and the two helpers it shares with every layer (errors, files), which
+# import no project module at all.
 TOP_LEVEL = {
-    "common_definitions": "configuration",
+    "common_definitions": "foundation",
+    "utils.errors": "foundation",
+    "utils.files": "foundation",
     "model": "model and data",
     "data_loader": "model and data",
     "pipeline": "training",
@@ -42,7 +46,8 @@ def modules() -> Dict[str, str]:
             found[stem] = TOP_LEVEL.get(stem, "programs")
     for name in sorted(os.listdir(os.path.join(ROOT, "utils"))):
         if name.endswith(".py") and name != "__init__.py":
-            found[f"utils.{name[:-3]}"] = "utilities"
+            module = f"utils.{name[:-3]}"
+            found[module] = TOP_LEVEL.get(module, "utilities")
     return found
 
 
@@ -97,7 +102,8 @@ def draw(graph: Dict[str, Set[str]], layer_of: Dict[str, str], out: str) -> None
             ax.annotate("", xy=(x1, y1 + 0.25), xytext=(x0, y0 - 0.25),
                         arrowprops=dict(arrowstyle="->", color="0.6", lw=0.7,
                                         shrinkA=4, shrinkB=4))
-    colours = dict(zip(LAYERS, ("#d9ead3", "#cfe2f3", "#fff2cc", "#f4cccc", "#d9d2e9")))
+    colours = dict(zip(LAYERS, ("#eeeeee", "#d9ead3", "#cfe2f3", "#fff2cc", "#f4cccc",
+                                  "#d9d2e9")))
     for name, (x, y) in positions.items():
         ax.text(x, y, name.replace("utils.", "utils/\n"), ha="center", va="center", fontsize=8,
                 bbox=dict(boxstyle="round,pad=0.3", fc=colours[layer_of[name]], ec="0.3"))

@@ -293,3 +293,112 @@ def test_model_initialize_normalises_every_actnorm_on_its_own_input():
             h, _ = step.forward(h)
         if model.priors[level].conditional:
             h = h[..., : h.shape[-1] // 2]
+
+
+# ----------------------------------------------------------------------------- singer-conditional
+SINGER_DIMS = 3
+
+
+def _condition(seed, batch=1):
+    return tf.random.stateless_normal((batch, SINGER_DIMS), seed=[seed, 77])
+
+
+@pytest.mark.parametrize("name", ["affine", "additive", "step"])
+def test_conditional_layers_invert_with_the_jacobian_logdet_under_each_condition(name):
+    channels = 4
+    layer = {
+        "affine": lambda: AffineCoupling(channels, 8, (3, 3), "affine", cond_dims=SINGER_DIMS),
+        "additive": lambda: AffineCoupling(channels, 8, (3, 3), "additive",
+                                           cond_dims=SINGER_DIMS),
+        "step": lambda: FlowStep(channels, 8, (3, 3), "affine", True, 2.0, seed=2,
+                                 cond_dims=SINGER_DIMS),
+    }[name]()
+    x = tf.random.stateless_normal((1, 4, 4, channels), seed=[1, 2])
+    layer.forward(x, _condition(0))  # build
+    for v in layer.trainable_variables:
+        v.assign(v + 0.1 * tf.random.stateless_normal(v.shape, seed=[3, 4]))
+    outputs = []
+    for seed in (0, 1):
+        cond = _condition(seed)
+        y, logdet = layer.forward(x, cond)
+        np.testing.assert_allclose(layer.inverse(y, cond).numpy(), x.numpy(), atol=1e-5)
+        expected = _brute_force_logdet(lambda t: layer.forward(t, cond)[0], x)
+        assert abs(float(logdet[0]) - expected) < 1e-3
+        outputs.append(y.numpy())
+    assert np.abs(outputs[0] - outputs[1]).max() > 1e-3  # the condition changes the map
+
+
+def test_singer_conditioned_priors_whiten_color_and_logdet():
+    for prior, cond in ((GaussianPrior(2, cond_channels=2, singer_dims=SINGER_DIMS),
+                         tf.random.stateless_normal((1, 4, 4, 2), seed=[5, 6])),
+                        (GaussianPrior(2, singer_dims=SINGER_DIMS), None)):
+        z = tf.random.stateless_normal((1, 4, 4, 2), seed=[7, 8])
+        prior.whiten(z, cond, _condition(0))
+        for v in prior.trainable_variables:
+            v.assign(v + 0.1 * tf.random.stateless_normal(v.shape, seed=[9, 9]))
+        for seed in (0, 1):
+            singer = _condition(seed)
+            eps, logdet = prior.whiten(z, cond, singer)
+            np.testing.assert_allclose(prior.color(eps, cond, singer).numpy(), z.numpy(),
+                                       atol=1e-5)
+            expected = _brute_force_logdet(lambda t: prior.whiten(t, cond, singer)[0], z)
+            assert abs(float(logdet[0]) - expected) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def conditional_models():
+    models = {}
+    for shape in ((16, 8, 1), (64, 1, 1)):
+        model = Glow(input_shape=shape, k_glow=2, l_glow=2, hidden_channels=16, num_singers=3,
+                     singer_dims=SINGER_DIMS)
+        x = tf.random.stateless_normal((6, *shape), seed=[10, 11])
+        assert model.initialize(x, tf.constant([0, 1, 2, 0, 1, 2]))
+        _perturb(model, 0.05)
+        models[shape] = model
+    return models
+
+
+@pytest.mark.parametrize("shape", [(16, 8, 1), (64, 1, 1)], ids=["spectrogram", "waveform"])
+def test_conditional_glow_is_exact_under_every_singer(conditional_models, shape):
+    model = conditional_models[shape]
+    x = tf.random.stateless_normal((1, *shape), seed=[12, 13])
+    latents = []
+    for singer in range(model.num_singers):
+        ids = tf.constant([singer])
+        z, logdet = model.encode(x, ids)
+        np.testing.assert_allclose(model.decode(z, ids).numpy(), x.numpy(), atol=1e-4)
+        expected = _brute_force_logdet(lambda t: model.encode(t, ids)[0], x)
+        assert abs(float(logdet[0]) - expected) <= 1e-3
+        log_prob = model.log_prob(x, ids).numpy()
+        dims = int(np.prod(shape))
+        np.testing.assert_allclose(
+            log_prob, -0.5 * np.sum(z.numpy() ** 2, 1) - 0.5 * dims * math.log(2 * math.pi)
+            + logdet.numpy(), rtol=1e-5, atol=1e-3)
+        latents.append(z.numpy())
+    assert np.abs(latents[0] - latents[1]).max() > 1e-3
+    # Conditioning vectors: the embedding of a singer is that singer; a mix is another bijection.
+    vector = model.singer_condition(tf.constant([1]))
+    np.testing.assert_allclose(model.encode(x, vector)[0].numpy(), latents[1], atol=1e-6)
+    mix = 0.5 * model.singer_condition(tf.constant([0])) + 0.5 * vector
+    z, _ = model.encode(x, mix)
+    np.testing.assert_allclose(model.decode(z, mix).numpy(), x.numpy(), atol=1e-4)
+    samples = model.sample(2, time_steps=shape[0], seed=3, singer=tf.constant([0, 2]))
+    assert samples.shape == (2, *shape)
+
+
+def test_conditional_model_refuses_a_missing_singer_and_the_plain_one_any_singer(
+        conditional_models):
+    model = conditional_models[(16, 8, 1)]
+    x = tf.zeros((1, 16, 8, 1))
+    with pytest.raises(ValueError, match="conditional on 3 singers"):
+        model.encode(x)
+    plain = Glow(input_shape=(16, 8, 1), k_glow=1, l_glow=2, hidden_channels=4)
+    with pytest.raises(ValueError, match="unconditional"):
+        plain.encode(x, tf.constant([0]))
+    # The unconditional model holds no conditioning variables (its checkpoints keep loading).
+    assert not any("singer" in v.path or "cond_" in v.path for v in plain.variables)
+    config = Config(n_fft=14, hop_length=4, window_size=16, k_glow=1, l_glow=2, hidden_channels=4,
+                    conditional=True, singer_dims=SINGER_DIMS)
+    assert Glow.from_config(config, num_singers=2).num_singers == 2
+    with pytest.raises(ValueError, match="num_singers"):
+        Glow.from_config(config)

@@ -27,6 +27,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from common_definitions import Config  # noqa: E402
+from utils.cli import print_error  # noqa: E402
 from utils.files import atomic_write_text  # noqa: E402
 
 START = "<!-- config-table:start -->"
@@ -142,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             print(config_table())
     except (OSError, ValueError) as error:
-        print(f"tools/config_table.py: error: {error}", file=sys.stderr)
+        print_error("tools/config_table.py", error)
         return 1
     return 0
 

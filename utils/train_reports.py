@@ -48,8 +48,10 @@ class Clips:
     sample: np.ndarray
 
 
-def summary_clip(samples: np.ndarray, config: Config) -> np.ndarray:
-    """``SUMMARY_SECONDS`` (or all, when shorter) from the middle of ``samples``, float32."""
+def summary_clip(records, config: Config) -> np.ndarray:
+    """``SUMMARY_SECONDS`` (or all, when shorter) from the middle of the first song of
+    ``records`` (a :class:`~utils.records.Records`), float32."""
+    samples = next(iter(records.songs())).samples
     length = min(len(samples), int(SUMMARY_SECONDS * config.sampling_rate))
     start = (len(samples) - length) // 2
     return np.asarray(samples[start:start + length], np.float32)
