@@ -177,12 +177,13 @@ class Trainer:
             # after the first epoch.
             check_invertible(config)
         latest = check_checkpoint_dir(config)  # refuses a checkpoint of another model
-        data = data or prepare_training_data(config, self.collectives, loader, self.report.log)
-        self.records, self.stats = data.records, data.stats
-        self._clip: Optional[np.ndarray] = None
+        self.data = data or prepare_training_data(config, self.collectives, loader,
+                                                  self.report.log)
+        self.records, self.stats, self.singers = self.data.records, self.data.stats, self.data.singers
+        self._clip = None
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
-            self.model = Glow.from_config(config)
+            self.model = Glow.from_config(config, num_singers=len(self.singers))
             self.schedule = WarmupSchedule(config.learning_rate, config.warmup_steps)
             self.optimizer = SummedGradientAdam(learning_rate=self.schedule)
             self.optimizer.build(self.model.trainable_variables)
@@ -220,16 +221,12 @@ class Trainer:
 
     def save(self) -> Optional[str]:
         """Save a checkpoint numbered by the step (every worker calls it); its path or None."""
-        return self.run_folder.save(self.stats)
+        return self.run_folder.save(self.stats, self.singers)
 
     # ------------------------------------------------------------------ data
-    def _dataset(self, seed: int) -> tf.data.Dataset:
-        if self.records is None:
-            raise ValueError("this trainer was given no records; feed it batches by hand")
-        return self.records.training_dataset(self.config.batch_size, seed, self.stats)
-
     def training_dataset(self, start_step: int = 0) -> tf.data.Dataset:
-        """Global batches ``(B, H, W, C)`` for the steps from ``start_step`` on.
+        """Global batches ``(B, H, W, C)`` (with singer ids ``(B,)`` for a conditional model)
+        for the steps from ``start_step`` on.
 
         Every worker reads its own random patches: auto-sharding is off and the seed depends on
         the worker and the step, so a resumed run does not replay the first epoch's patches.
@@ -237,11 +234,11 @@ class Trainer:
         key = f"{self.config.seed}/{self.collectives.task.index}/{start_step}".encode()
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        return self._dataset(zlib.crc32(key) & 0x7FFFFFFF).with_options(options)
+        return self.data.batches(self.config, zlib.crc32(key) & 0x7FFFFFFF).with_options(options)
 
-    def init_batch(self) -> tf.Tensor:
+    def init_batch(self):
         """The first global batch under ``config.seed``: identical on every worker."""
-        return next(iter(self._dataset(self.config.seed)))
+        return next(iter(self.data.batches(self.config, self.config.seed)))
 
     def distribute(self, dataset: tf.data.Dataset):
         """``strategy.experimental_distribute_dataset`` of global batches."""
@@ -257,20 +254,22 @@ class Trainer:
         if self.model.is_initialized():
             return False
         batch = self.init_batch() if batch is None else batch
+        x, singer = batch if isinstance(batch, tuple) else (batch, None)
         with self.strategy.scope():
-            self.model.initialize(tf.convert_to_tensor(batch, tf.float32))
+            self.model.initialize(tf.convert_to_tensor(x, tf.float32), singer)
         self.collectives.broadcast_from_first_replica(list(self.model.variables))
         return True
 
     # ------------------------------------------------------------------ the compiled step
-    def _replica_gradients(self, x):
-        """Replica context: clipped gradients of the global-batch mean bits/dim, all-reduced,
-        with the step's metrics and its finite flag (the same on every replica)."""
+    def _replica_gradients(self, x, singer=None):
+        """Replica context: clipped gradients of the global-batch mean bits/dim (of p(x | singer)
+        for a conditional model), all-reduced, with the step's metrics and its finite flag (the
+        same on every replica)."""
         shape = x.shape[1:]
         dims = float(np.prod(shape)) if shape.is_fully_defined() else float(self.config.dims)
         global_batch = float(self.config.batch_size)
         with tf.GradientTape() as tape:
-            z, logdet = self.model.encode(x)
+            z, logdet = self.model.encode(x, singer)
             bits = -(standard_normal_log_prob(z) + logdet) / (dims * LN2)  # (b,)
             loss = tf.nn.compute_average_loss(bits, global_batch_size=self.config.batch_size)
         grads = tape.gradient(loss, self.model.trainable_variables,
@@ -302,8 +301,9 @@ class Trainer:
         limit = tf.constant(self.config.max_nonfinite_steps, tf.int64)
         first = lambda value: self.strategy.experimental_local_results(value)[0]  # noqa: E731
         for _ in tf.range(steps):
-            grads, applied, finite = self.strategy.run(self._replica_gradients,
-                                                       args=(next(iterator),))
+            batch = next(iterator)
+            grads, applied, finite = self.strategy.run(
+                self._replica_gradients, args=batch if isinstance(batch, tuple) else (batch,))
             # All-reduced, hence the same on every replica and worker: all take the same branch.
             applied, finite = tf.nest.map_structure(first, (applied, finite))
             if finite:
@@ -343,7 +343,7 @@ class Trainer:
         config, report = self.config, self.report
         total = config.total_steps
         history: List[dict] = []
-        self.run_folder.write_run_files(self.stats)
+        self.run_folder.write_run_files(self.stats, self.singers)
         start = self.global_step
         if start >= total:
             report.log(f"already trained to step {start} (epochs * steps_per_epoch = {total}); "
@@ -419,8 +419,9 @@ class Trainer:
 
     def make_clips(self):
         """A reconstruction and a sample of ``SUMMARY_SECONDS`` from the first song's middle."""
-        self._clip = self._clip if self._clip is not None else summary_clip(self.records, self.config)
-        return make_clips(self.model, self.config, self.stats, self._clip)
+        self._clip = self._clip or summary_clip(self.records, self.config)
+        samples, label = self._clip
+        return make_clips(self.model, self.config, self.stats, samples, self.data.singer_id(label))
 
     def _end_epoch(self, step: int, totals: StepTotals, seconds: float) -> dict:
         metrics = StepMetrics.from_totals(totals, self.config.dims, seconds)

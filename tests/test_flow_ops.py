@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import model as model_module
+import utils.flow_layers as model_module
 from model import AffineCoupling, Glow
 from utils.flow_ops import conv_from_few, conv_to_few
 

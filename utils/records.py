@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -135,6 +135,7 @@ class Records:
 
     Attributes:
         records_dir: the folder.
+        labels: the sorted labels (top-folder names, the singers) of the songs.
         shard_paths: the shards the manifest lists, sorted (an orphan from an interrupted run is
             never read).
 
@@ -160,6 +161,8 @@ class Records:
         if not names:
             raise DataError(f"the records in {self.records_dir} hold no usable song")
         self.shard_paths: List[str] = [os.path.join(self.records_dir, n) for n in names]
+        # The singers (top-folder labels) of the songs, sorted: a conditional model's singer ids.
+        self.labels: Tuple[str, ...] = tuple(sorted({e["label"] for e in songs.values()}))
         self._source = fingerprint(manifest)
         self._longest = max(e["num_samples"] for e in songs.values())
         self._stats: Optional[FeatureStats] = None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -48,23 +48,26 @@ class Clips:
     sample: np.ndarray
 
 
-def summary_clip(records, config: Config) -> np.ndarray:
+def summary_clip(records, config: Config) -> Tuple[np.ndarray, str]:
     """``SUMMARY_SECONDS`` (or all, when shorter) from the middle of the first song of
-    ``records`` (a :class:`~utils.records.Records`), float32."""
-    samples = next(iter(records.songs())).samples
-    length = min(len(samples), int(SUMMARY_SECONDS * config.sampling_rate))
-    start = (len(samples) - length) // 2
-    return np.asarray(samples[start:start + length], np.float32)
+    ``records`` (a :class:`~utils.records.Records`), float32, and the song's label."""
+    song = next(iter(records.songs()))
+    length = min(len(song.samples), int(SUMMARY_SECONDS * config.sampling_rate))
+    start = (len(song.samples) - length) // 2
+    return np.asarray(song.samples[start:start + length], np.float32), song.label
 
 
-def make_clips(model, config: Config, stats: FeatureStats, original: np.ndarray) -> Clips:
-    """Reconstruct ``original`` (with its phase) and draw a sample of the same length."""
+def make_clips(model, config: Config, stats: FeatureStats, original: np.ndarray,
+               singer: Optional[int] = None) -> Clips:
+    """Reconstruct ``original`` (with its phase) and draw a sample of the same length, under
+    the singer id ``singer`` for a conditional model."""
     features = song_to_features(original, config, stats)
-    z, _ = model.encode(features.x[None])
-    rebuilt = model.decode(z)[0].numpy()
+    ids = None if singer is None else tf.constant([singer])
+    z, _ = model.encode(features.x[None], ids)
+    rebuilt = model.decode(z, ids)[0].numpy()
     reconstruction = features_to_song(rebuilt, config, stats, song=features, use_phase=True)
     drawn = model.sample(1, temperature=config.temperature, time_steps=features.x.shape[0],
-                         seed=config.seed)[0].numpy()
+                         seed=config.seed, singer=ids)[0].numpy()
     sample = features_to_song(drawn, config, stats)
     clip = lambda a: np.clip(np.nan_to_num(np.asarray(a, np.float32)), -1.0, 1.0)  # noqa: E731
     return Clips(clip(original), clip(reconstruction), clip(sample))

@@ -1,0 +1,69 @@
+"""The singer-conditional model in training: train.py --conditional, the singer map beside the
+checkpoint, resuming under it, and what is refused."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common_definitions import Config
+from data_loader import SongDataLoader
+from pipeline import CheckpointMismatch, Trainer
+from tests.conftest import TINY, tiny_config
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tiny_records, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("conditional")
+    config = tiny_config(tiny_records, folder, conditional=True, singer_dims=4, epochs=1,
+                         steps_per_epoch=6, checkpoint_every=6)
+    trainer = Trainer(config, log=lambda _: None, progress=False)
+    result = trainer.fit()
+    return config, trainer, result
+
+
+def test_a_conditional_run_trains_on_singer_ids_and_saves_its_singer_map(conditional_run):
+    config, trainer, result = conditional_run
+    assert result.step == 6 and np.isfinite(result.history[-1]["bits_per_dim"])
+    assert trainer.model.num_singers == 2 and trainer.singers == ("real", "virtual")
+    with open(os.path.join(config.checkpoint_dir, "singers.json"), encoding="utf-8") as handle:
+        assert json.load(handle) == {"singers": ["real", "virtual"]}
+    patches, ids = trainer.init_batch()
+    assert patches.shape == (config.batch_size, *config.input_shape)
+    assert ids.dtype == tf.int32 and set(ids.numpy()) <= {0, 1}
+    # The labels really reach the model: each batch's ids are its patches' singers.
+    records = SongDataLoader(config).records()
+    x, names = next(iter(records.training_dataset(seed=config.seed, stats=trainer.stats,
+                                                  labels=True)))
+    np.testing.assert_array_equal(x.numpy(), patches.numpy())
+    assert [trainer.singers[i] for i in ids.numpy()] == [n.decode() for n in names.numpy()]
+    # Training used the conditioning: the two singers' embeddings moved apart from their start.
+    z_real = trainer.model.encode(patches, tf.zeros_like(ids))[0]
+    z_virtual = trainer.model.encode(patches, tf.ones_like(ids))[0]
+    assert float(tf.reduce_max(tf.abs(z_real - z_virtual))) > 1e-3
+
+
+def test_resuming_keeps_the_singer_map_and_refuses_an_unknown_singer(
+        conditional_run, demo_corpus, tmp_path):
+    config, trainer, _ = conditional_run
+    copied = config.replace(checkpoint_dir=str(tmp_path / "ck"), epochs=2)
+    shutil.copytree(config.checkpoint_dir, copied.checkpoint_dir)
+    messages = []
+    resumed = Trainer(copied, log=messages.append, progress=False)
+    assert resumed.singers == trainer.singers and resumed.global_step == 6
+    for new, old in zip(resumed.model.variables, trainer.model.variables):
+        np.testing.assert_array_equal(new.numpy(), old.numpy())
+    # Records that hold a third singer cannot be trained into this singer map.
+    third = tmp_path / "audio" / "other"
+    shutil.copytree(demo_corpus.real, third)
+    records = str(tmp_path / "records3")
+    SongDataLoader(Config(**TINY, data_dirs=(*demo_corpus.data_dirs, str(third)),
+                          records_dir=records)).make(log=lambda _: None)
+    with pytest.raises(CheckpointMismatch, match="also hold other"):
+        Trainer(copied.replace(records_dir=records), progress=False)
+    # An unconditional run cannot resume a conditional checkpoint (a model field differs).
+    with pytest.raises(CheckpointMismatch, match="conditional"):
+        Trainer(copied.replace(conditional=False), progress=False)

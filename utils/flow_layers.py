@@ -1,0 +1,395 @@
+"""The flow layers of SinGlow-TF2's Glow, each an exact bijection with a tractable log-determinant.
+
+Every layer has ``forward(x[, cond]) -> (y, logdet)`` with ``logdet`` of shape ``(B,)`` in nats,
+and a separate exact ``inverse(y[, cond]) -> x``; the direction is never chosen by Keras'
+``training`` flag. ``cond`` is an optional conditioning vector ``(B, cond_dims)`` (a singer's
+embedding) that enters the coupling networks and the priors only, never the transformed half, so
+every layer stays a bijection of ``x`` under every condition.
+
+Layers: :class:`ActNorm` (data-dependent initialisation, persisted), :class:`Invertible1x1Conv`
+(LU-decomposed by default), :class:`AffineCoupling` (affine with a bounded scale, or additive)
+with its :class:`CouplingNetwork`, :class:`FlowStep` (the three in a row), :func:`squeeze` /
+:func:`unsqueeze` and :class:`GaussianPrior` (the split and top priors). :class:`model.Glow`
+stacks them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from utils.flow_ops import conv_from_few, conv_to_few
+
+
+def _spatial_size(x: tf.Tensor) -> tf.Tensor:
+    """``H * W`` of an NHWC tensor as float32 (H may be dynamic for whole songs)."""
+    shape = tf.shape(x)
+    return tf.cast(shape[1] * shape[2], tf.float32)
+
+
+# ---------------------------------------------------------------------------------------- layers
+class FlowLayer(keras.layers.Layer):
+    """Base class: an invertible map with a tractable log-determinant.
+
+    Subclasses implement ``forward(x) -> (y, logdet)`` and ``inverse(y) -> x``. ``call`` is the
+    forward direction so that Keras' bookkeeping (building, summaries) works as usual.
+    """
+
+    def forward(self, x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, y: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    def call(self, x):
+        return self.forward(x)
+
+
+class ActNorm(FlowLayer):
+    """Per-channel affine normalisation ``y = (x + bias) * exp(log_scale)``.
+
+    Data-dependent initialisation (Glow, section 3.1): :meth:`initialize` sets ``bias`` and
+    ``log_scale`` so that the output of its batch has zero mean and unit variance per channel,
+    and sets the persisted ``initialized`` variable. Because the flag is a variable it is saved in
+    and restored from checkpoints: a restored model is never re-initialised.
+
+    logdet = H * W * sum(log_scale)  (nats, per example).
+    """
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.bias = self.add_weight(shape=(channels,), initializer="zeros", name="bias")
+        self.log_scale = self.add_weight(shape=(channels,), initializer="zeros", name="log_scale")
+        self.initialized = self.add_weight(
+            shape=(), initializer="zeros", dtype="bool", trainable=False, name="initialized"
+        )
+        self.built = True
+
+    def initialize(self, x: tf.Tensor) -> tf.Tensor:
+        """Set bias/scale from the batch ``x`` (B, H, W, C) unless already initialised."""
+        if not bool(self.initialized.numpy()):
+            mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+            self.bias.assign(-mean)
+            self.log_scale.assign(-0.5 * tf.math.log(variance + 1e-6))
+            self.initialized.assign(True)
+        return self.forward(x)[0]
+
+    def forward(self, x):
+        y = (x + self.bias) * tf.exp(self.log_scale)
+        logdet = _spatial_size(x) * tf.reduce_sum(self.log_scale)
+        return y, tf.fill([tf.shape(x)[0]], logdet)
+
+    def inverse(self, y):
+        return y * tf.exp(-self.log_scale) - self.bias
+
+
+class Invertible1x1Conv(FlowLayer):
+    """Invertible 1x1 convolution ``y = x @ W`` over channels (a learned channel permutation).
+
+    With ``lu_decomposed`` (default), ``W = P @ L @ (U + diag(sign * exp(log_s)))`` where ``P`` is a
+    fixed permutation, ``L`` unit lower triangular and ``U`` strictly upper triangular: W stays
+    invertible and ``log|det W| = sum(log_s)`` costs nothing. Otherwise ``W`` is a free matrix and
+    its log-determinant comes from ``slogdet`` in float64. Both start from a random rotation.
+
+    logdet = H * W_spatial * log|det W|  (nats, per example).
+    The inverse matrix is computed in float64 so that decode(encode(x)) == x to float32 precision.
+    """
+
+    def __init__(self, channels: int, lu_decomposed: bool = True, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.lu_decomposed = lu_decomposed
+        rotation = np.linalg.qr(np.random.default_rng(seed).standard_normal((channels, channels)))[0]
+        if lu_decomposed:
+            import scipy.linalg
+
+            p, lower, upper = scipy.linalg.lu(rotation)
+            s = np.diag(upper)
+            self.permutation = self.add_weight(
+                shape=(channels, channels), initializer=_constant(p), trainable=False, name="P"
+            )
+            self.lower = self.add_weight(
+                shape=(channels, channels), initializer=_constant(np.tril(lower, -1)), name="L"
+            )
+            self.upper = self.add_weight(
+                shape=(channels, channels), initializer=_constant(np.triu(upper, 1)), name="U"
+            )
+            self.sign_s = self.add_weight(
+                shape=(channels,), initializer=_constant(np.sign(s)), trainable=False, name="sign_s"
+            )
+            self.log_s = self.add_weight(
+                shape=(channels,), initializer=_constant(np.log(np.abs(s))), name="log_s"
+            )
+        else:
+            self.kernel = self.add_weight(
+                shape=(channels, channels), initializer=_constant(rotation), name="W"
+            )
+        self.built = True
+
+    def weight(self) -> tf.Tensor:
+        """The (C, C) matrix ``W`` (rebuilt from its LU factors once per call)."""
+        if not self.lu_decomposed:
+            return self.kernel
+        eye = tf.eye(self.channels, dtype=self.lower.dtype)
+        lower = tf.linalg.band_part(self.lower, -1, 0) - tf.linalg.band_part(self.lower, 0, 0) + eye
+        upper = tf.linalg.band_part(self.upper, 0, -1) - tf.linalg.band_part(self.upper, 0, 0)
+        upper = upper + tf.linalg.diag(self.sign_s * tf.exp(self.log_s))
+        return self.permutation @ lower @ upper
+
+    def log_abs_det(self) -> tf.Tensor:
+        if self.lu_decomposed:
+            return tf.reduce_sum(self.log_s)
+        return tf.cast(tf.linalg.slogdet(tf.cast(self.kernel, tf.float64))[1], tf.float32)
+
+    def inverse_weight(self) -> tf.Tensor:
+        return tf.cast(tf.linalg.inv(tf.cast(self.weight(), tf.float64)), tf.float32)
+
+    @staticmethod
+    def _apply(x: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
+        return tf.nn.conv2d(x, matrix[tf.newaxis, tf.newaxis], strides=1, padding="VALID")
+
+    def forward(self, x):
+        logdet = _spatial_size(x) * self.log_abs_det()
+        return self._apply(x, self.weight()), tf.fill([tf.shape(x)[0]], logdet)
+
+    def inverse(self, y):
+        return self._apply(y, self.inverse_weight())
+
+
+# Coupling networks conditioned on at most this many channels compute their thin convolutions as
+# GEMMs (utils/flow_ops.py): oneDNN's direct conv2d is slow to or from 1-4 channels, but fast
+# enough from 8 on that the GEMMs' extra shifting ops no longer pay (benchmarks/bench_train.py).
+_GEMM_MAX_CONDITIONING_CHANNELS = 4
+
+
+class ZeroConv2D(keras.layers.Layer):
+    """A convolution whose kernel and bias start at zero, scaled by ``exp(3 * logs)``.
+
+    Used as the last layer of every coupling network and prior, so each flow step starts as the
+    identity and each prior as N(0, 1) (Glow's ``conv2d_zeros``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Tuple[int, int],
+                 gemm: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.gemm = gemm  # compute as utils.flow_ops.conv_to_few (same values, faster when thin)
+        self.kernel = self.add_weight(
+            shape=(*kernel_size, in_channels, out_channels), initializer="zeros", name="kernel"
+        )
+        self.bias = self.add_weight(shape=(out_channels,), initializer="zeros", name="bias")
+        self.logs = self.add_weight(shape=(out_channels,), initializer="zeros", name="logs")
+        self.built = True
+
+    def call(self, x):
+        kernel = tf.convert_to_tensor(self.kernel)
+        if self.gemm:
+            h = conv_to_few(x, kernel)
+        else:
+            h = tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
+        return (h + self.bias) * tf.exp(3.0 * self.logs)
+
+
+class CouplingNetwork(keras.layers.Layer):
+    """``k x k conv -> ReLU -> 1x1 conv -> ReLU -> zero-initialised k x k conv``.
+
+    ``kernel_size`` is (3, 3) for images and (3, 1) for waveforms (width 1), so no multiply is
+    spent on padding. With at most ``_GEMM_MAX_CONDITIONING_CHANNELS`` input channels, the first
+    and last convolutions run as GEMMs (``utils.flow_ops``): the same function, computed faster.
+
+    With ``cond_dims > 0`` the network also takes a conditioning vector ``cond (B, cond_dims)``
+    (a singer's embedding): a learned linear map of it is added to each hidden layer before its
+    ReLU, the same at every position (Blow's speaker conditioning), so what the coupling does to a
+    frame depends on both the frame's content and the singer.
+    """
+
+    def __init__(self, in_channels, hidden_channels, out_channels, kernel_size, cond_dims=0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.cond_dims = int(cond_dims)
+        self.gemm = in_channels <= _GEMM_MAX_CONDITIONING_CHANNELS
+        self.conv_in = keras.layers.Conv2D(
+            hidden_channels, kernel_size, padding="same", activation="relu", name="conv_in",
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.05),
+        )
+        self.conv_hidden = keras.layers.Conv2D(
+            hidden_channels, 1, padding="same", activation="relu", name="conv_hidden",
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.05),
+        )
+        self.conv_out = ZeroConv2D(hidden_channels, out_channels, kernel_size, gemm=self.gemm,
+                                   name="conv_out")
+        self.conv_in.build((None, None, None, in_channels))
+        self.conv_hidden.build((None, None, None, hidden_channels))
+        if self.cond_dims:
+            init = keras.initializers.RandomNormal(stddev=0.05)
+            self.cond_in = keras.layers.Dense(hidden_channels, kernel_initializer=init,
+                                              name="cond_in")
+            self.cond_hidden = keras.layers.Dense(hidden_channels, kernel_initializer=init,
+                                                  name="cond_hidden")
+            self.cond_in.build((None, self.cond_dims))
+            self.cond_hidden.build((None, self.cond_dims))
+        self.built = True
+
+    def call(self, x, cond=None):
+        if cond is None:
+            if self.gemm:
+                kernel = tf.convert_to_tensor(self.conv_in.kernel)
+                h = tf.nn.relu(conv_from_few(x, kernel) + self.conv_in.bias)
+            else:
+                h = self.conv_in(x)
+            return self.conv_out(self.conv_hidden(h))
+        kernel = tf.convert_to_tensor(self.conv_in.kernel)
+        h = conv_from_few(x, kernel) if self.gemm else tf.nn.conv2d(x, kernel, 1, "SAME")
+        h = tf.nn.relu(h + self.conv_in.bias + self.cond_in(cond)[:, None, None, :])
+        hidden = tf.convert_to_tensor(self.conv_hidden.kernel)
+        h = tf.nn.conv2d(h, hidden, 1, "SAME") + self.conv_hidden.bias
+        h = tf.nn.relu(h + self.cond_hidden(cond)[:, None, None, :])
+        return self.conv_out(h)
+
+
+class AffineCoupling(FlowLayer):
+    """Coupling layer: the first half of the channels conditions a transform of the second half.
+
+    affine:   y_b = (x_b + t(x_a, c)) * s(x_a, c),  s = sigmoid(h + scale_shift) in (0, 1)
+              logdet = sum log s                                       (nats, per example)
+    additive: y_b = x_b + t(x_a, c), logdet = 0.
+    The bounded scale keeps the inverse ``x_b = y_b / s - t`` well conditioned. ``c`` is the
+    optional conditioning vector ``(B, cond_dims)``; like ``x_a`` it is never transformed, so the
+    layer is a bijection of ``x`` with the same log-determinant for every ``c``.
+    """
+
+    def __init__(self, channels, hidden_channels, kernel_size, coupling="affine",
+                 scale_shift=2.0, cond_dims=0, **kwargs):
+        super().__init__(**kwargs)
+        if channels < 2:
+            raise ValueError(f"a coupling needs at least 2 channels, got {channels}")
+        self.affine = coupling == "affine"
+        self.scale_shift = scale_shift
+        self.split_at = channels // 2
+        transformed = channels - self.split_at
+        self.network = CouplingNetwork(
+            self.split_at, hidden_channels, transformed * (2 if self.affine else 1), kernel_size,
+            cond_dims, name="nn",
+        )
+        self.built = True
+
+    def _shift_scale(self, x_a, cond=None):
+        """(shift, scale logit) from the conditioning half; the logit is None when additive."""
+        h = self.network(x_a, cond)
+        if not self.affine:
+            return h, None
+        shift, raw = tf.split(h, 2, axis=-1)
+        return shift, raw + self.scale_shift
+
+    def forward(self, x, cond=None):
+        x_a, x_b = tf.split(x, [self.split_at, -1], axis=-1)
+        shift, logit = self._shift_scale(x_a, cond)
+        if logit is None:
+            return tf.concat([x_a, x_b + shift], axis=-1), tf.zeros([tf.shape(x)[0]])
+        y_b = (x_b + shift) * tf.sigmoid(logit)
+        # log(sigmoid) directly: no log(0) when the scale underflows.
+        logdet = tf.reduce_sum(tf.math.log_sigmoid(logit), axis=[1, 2, 3])
+        return tf.concat([x_a, y_b], axis=-1), logdet
+
+    def inverse(self, y, cond=None):
+        y_a, y_b = tf.split(y, [self.split_at, -1], axis=-1)
+        shift, logit = self._shift_scale(y_a, cond)
+        x_b = y_b - shift if logit is None else y_b / tf.sigmoid(logit) - shift
+        return tf.concat([y_a, x_b], axis=-1)
+
+
+class FlowStep(FlowLayer):
+    """One step of flow: ActNorm -> invertible 1x1 conv -> coupling (the one conditioned part)."""
+
+    def __init__(self, channels, hidden_channels, kernel_size, coupling, lu_decomposed,
+                 scale_shift, seed, cond_dims=0, **kwargs):
+        super().__init__(**kwargs)
+        self.actnorm = ActNorm(channels, name="actnorm")
+        self.invconv = Invertible1x1Conv(channels, lu_decomposed, seed=seed, name="invconv")
+        self.coupling = AffineCoupling(
+            channels, hidden_channels, kernel_size, coupling, scale_shift, cond_dims,
+            name="coupling"
+        )
+        self.built = True
+
+    def forward(self, x, cond=None):
+        x, logdet_a = self.actnorm.forward(x)
+        x, logdet_w = self.invconv.forward(x)
+        x, logdet_c = self.coupling.forward(x, cond)
+        return x, logdet_a + logdet_w + logdet_c
+
+    def inverse(self, y, cond=None):
+        return self.actnorm.inverse(self.invconv.inverse(self.coupling.inverse(y, cond)))
+
+
+def squeeze(x: tf.Tensor, time_only: bool) -> tf.Tensor:
+    """(B, H, W, C) -> (B, H/2, W/2, 4C), or (B, H/2, W, 2C) along time only. Volume preserving."""
+    if not time_only:
+        return tf.nn.space_to_depth(x, 2)
+    shape = tf.shape(x)
+    channels = x.shape[-1]
+    return tf.reshape(x, [shape[0], shape[1] // 2, x.shape[2], 2 * channels])
+
+
+def unsqueeze(x: tf.Tensor, time_only: bool) -> tf.Tensor:
+    """The exact inverse of :func:`squeeze`."""
+    if not time_only:
+        return tf.nn.depth_to_space(x, 2)
+    shape = tf.shape(x)
+    channels = x.shape[-1]
+    return tf.reshape(x, [shape[0], shape[1] * 2, x.shape[2], channels // 2])
+
+
+class GaussianPrior(keras.layers.Layer):
+    """Whitening of a latent by a diagonal Gaussian: ``eps = (z - mean) * exp(-logs)``.
+
+    ``conditional``: mean and log-scale come from a zero-initialised conv of the kept half (the
+    split prior of Glow). Otherwise they are learned per channel and broadcast over positions (the
+    top prior), so the prior does not depend on the number of time steps. With ``singer_dims >
+    0`` a zero-initialised linear map of the singer's embedding ``(B, singer_dims)`` is added to
+    both, the same at every position.
+
+    logdet of z -> eps = -sum(logs) over the latent (nats, per example).
+    """
+
+    def __init__(self, channels: int, cond_channels: int = 0, kernel_size=(3, 3),
+                 singer_dims: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.conditional = cond_channels > 0
+        if self.conditional:
+            self.conv = ZeroConv2D(cond_channels, 2 * channels, kernel_size, name="prior_conv")
+        else:
+            self.mean = self.add_weight(shape=(channels,), initializer="zeros", name="mean")
+            self.logs = self.add_weight(shape=(channels,), initializer="zeros", name="logs")
+        self.singer_dims = int(singer_dims)
+        if self.singer_dims:
+            self.singer = keras.layers.Dense(2 * channels, kernel_initializer="zeros",
+                                             name="prior_singer")
+            self.singer.build((None, self.singer_dims))
+        self.built = True
+
+    def _params(self, cond: Optional[tf.Tensor], like: tf.Tensor, singer=None):
+        if self.conditional:
+            params = self.conv(cond)
+        else:
+            params = tf.concat([self.mean, self.logs], axis=0) + tf.zeros_like(
+                tf.concat([like, like], axis=-1))
+        if singer is not None:
+            params = params + self.singer(singer)[:, None, None, :]
+        return tf.split(params, 2, axis=-1)
+
+    def whiten(self, z, cond=None, singer=None):
+        mean, logs = self._params(cond, z, singer)
+        eps = (z - mean) * tf.exp(-logs)
+        return eps, -tf.reduce_sum(logs, axis=[1, 2, 3])
+
+    def color(self, eps, cond=None, singer=None):
+        mean, logs = self._params(cond, eps, singer)
+        return eps * tf.exp(logs) + mean
+
+
+def _constant(value: np.ndarray):
+    return keras.initializers.Constant(np.asarray(value, dtype=np.float32))
