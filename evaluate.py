@@ -18,7 +18,10 @@ Reports
 
 The reference statistics are those of all ``--real`` songs (or ``--reference_stats``); the source
 statistics of ``shift`` and ``match`` are each song's own, as ``migrate.py`` does by default.
-Prints a table and writes every number to ``--json``.
+Prints a table and writes every number to ``--json``. Errors are one line,
+``evaluate.py: error: ...``; the exit status follows :mod:`utils.cli`: 2 for a malformed command
+line or an input refused before any work (a missing folder, a folder without audio, a checkpoint
+or statistics of another model), 1 when the evaluation fails, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -29,16 +32,21 @@ import math
 import os
 import sys
 import time
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Sequence
 
-from utils.cli import CliError, OneLineArgumentParser, finite_float
+from utils.cli import CliError, OneLineArgumentParser, finite_float, print_warning, run_cli
+from utils.files import atomic_write_text
+from utils.migration_methods import METHOD_NAMES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+if TYPE_CHECKING:  # imported for real once the flags are checked (TensorFlow loads)
+    from utils.codec import Codec
+    from utils.latent_stats import LatentStats
+
 PROG = "evaluate.py"
-METHOD_NAMES = ("midpoint", "shift", "match")
 VIRTUAL, REAL = "virtual", "real"
 
 
@@ -81,17 +89,17 @@ def heldout_bits_per_dim(model, batches: Iterable) -> Dict[str, float]:
     return {"bits_per_dim": total / count if count else math.nan, "patches": count}
 
 
-def song_patch_batches(config, feature_stats, songs: Iterable[np.ndarray], batch_size: int):
-    """Batches of the aligned, non-overlapping patches of whole songs (samples)."""
-    from utils import migration
-    from utils.audio import song_to_features
+def song_patch_batches(codec: "Codec", songs: Iterable[np.ndarray], batch_size: int):
+    """Batches (B, H, W, C) of the aligned, non-overlapping patches of whole songs (samples)."""
+    from utils.song_chunks import iter_patches
 
+    patch_steps = codec.config.input_shape[0]
     batch = []
     for samples in songs:
-        song = song_to_features(samples, config, feature_stats)
-        if song.num_steps < config.input_shape[0]:
+        song = codec.features(samples)
+        if song.num_steps < patch_steps:
             continue  # bits/dim of padding would not be the song's
-        for patch in migration.iter_patches(song.x[:song.num_steps], config.input_shape[0]):
+        for patch in iter_patches(song.x[:song.num_steps], patch_steps):
             batch.append(patch)
             if len(batch) == batch_size:
                 yield np.stack(batch)
@@ -100,17 +108,16 @@ def song_patch_batches(config, feature_stats, songs: Iterable[np.ndarray], batch
         yield np.stack(batch)
 
 
-def reconstruction_metrics(model, config, feature_stats, samples: np.ndarray) -> Dict[str, float]:
+def reconstruction_metrics(codec: "Codec", samples: np.ndarray) -> Dict[str, float]:
     """SNR and log-spectral distance (dB) of the chunked decode(encode(song)) against the song."""
-    from utils import migration
     from utils.metrics import log_spectral_distance, snr_db
 
-    rebuilt = migration.reconstruct_song(model, config, feature_stats, samples)
+    rebuilt = codec.reconstruct(samples)
     return {"snr_db": snr_db(samples, rebuilt),
-            "lsd_db": log_spectral_distance(samples, rebuilt, config.sampling_rate)}
+            "lsd_db": log_spectral_distance(samples, rebuilt, codec.config.sampling_rate)}
 
 
-def evaluate_migration(model, config, feature_stats, sources: Sequence[np.ndarray], reference,
+def evaluate_migration(codec: "Codec", sources: Sequence[np.ndarray], reference: "LatentStats",
                        classifier, methods: Sequence[str], strengths: Sequence[float],
                        reference_label: str = REAL) -> List[dict]:
     """Migrate every source with every method x strength and score the result.
@@ -119,10 +126,10 @@ def evaluate_migration(model, config, feature_stats, sources: Sequence[np.ndarra
     ``p_ref_source``, ``p_ref_migrated`` (P(reference_label) by ``classifier``),
     ``raw_pitch_accuracy``, ``median_abs_cents``, ``snr_db``, ``lsd_db`` and ``per_song`` lists.
     """
-    from utils import migration
     from utils.metrics import compare_pitch, log_spectral_distance, pitch_track, snr_db
+    from utils.migration import migrate_song
 
-    rate = config.sampling_rate
+    rate = codec.config.sampling_rate
     source_pitch = [pitch_track(s, rate)[0] for s in sources]
     source_p = [classifier.probability(s, reference_label, rate) for s in sources]
     own_stats = [None] * len(sources)
@@ -131,9 +138,8 @@ def evaluate_migration(model, config, feature_stats, sources: Sequence[np.ndarra
         for strength in strengths:
             per_song = []
             for index, samples in enumerate(sources):
-                result = migration.migrate_song(
-                    model, config, feature_stats, samples, method, strength, reference,
-                    source_stats=own_stats[index])
+                result = migrate_song(codec, samples, method, strength, reference,
+                                      source_stats=own_stats[index])
                 own_stats[index] = own_stats[index] or result.source_stats
                 out = result.samples
                 pitch = compare_pitch(source_pitch[index], pitch_track(out, rate)[0])
@@ -181,44 +187,54 @@ def _json_safe(value):
     return value
 
 
-def _load_folder(folder: str, config, what: str):
-    from utils import migration
-
+def _load_folder(codec: "Codec", folder: str, what: str):
+    """Every usable song under ``folder`` as ``(path, samples)``; skipped files are warned about."""
     def skipped(path, reason):
-        print(f"{PROG}: warning: {what}: skipping {path}: {reason}", file=sys.stderr)
+        print_warning(PROG, f"{what}: skipping {path}: {reason}")
 
-    songs = list(migration.iter_folder_songs(folder, config, skipped))
+    songs = list(codec.folder_songs(folder, skipped))
     if not songs:
         raise CliError(f"no usable {what} song under {folder}")
     return songs
 
 
-def _heldout(model, config, feature_stats, path: Optional[str], songs, batch_size: int):
+def _heldout(codec: "Codec", path: Optional[str], songs, batch_size: int):
     from data_loader import SongDataLoader, read_records_manifest
 
     if path is None:
-        batches = song_patch_batches(config, feature_stats, (s for _, s in songs), batch_size)
-        return dict(heldout_bits_per_dim(model, batches), source="--virtual and --real songs")
-    if not os.path.isdir(path):
-        raise CliError(f"--heldout not found: {path}")
+        batches = song_patch_batches(codec, (s for _, s in songs), batch_size)
+        return dict(heldout_bits_per_dim(codec.model, batches),
+                    source="--virtual and --real songs")
     if read_records_manifest(path) is not None:
-        loader = SongDataLoader(config.replace(records_dir=path))
-        if not loader.stats(path).matches(config):
+        records = SongDataLoader(codec.config).records(path)
+        if not records.stats().matches(codec.config):
             raise CliError(f"records in {path} were made with other feature settings")
         # The checkpoint's normalisation, not the records' own, is what the model was fitted to.
-        batches = (b.numpy() for b in loader.load(path, batch_size, training=False, aligned=True,
-                                                  repeat=False, stats=feature_stats))
-        return dict(heldout_bits_per_dim(model, batches), source=f"records {path}")
-    folder_songs = _load_folder(path, config, "held-out")
-    batches = song_patch_batches(config, feature_stats, (s for _, s in folder_songs), batch_size)
-    return dict(heldout_bits_per_dim(model, batches), source=f"folder {path}")
+        batches = (b.numpy() for b in records.evaluation_dataset(batch_size, stats=codec.stats))
+        return dict(heldout_bits_per_dim(codec.model, batches), source=f"records {path}")
+    folder_songs = _load_folder(codec, path, "held-out")
+    batches = song_patch_batches(codec, (s for _, s in folder_songs), batch_size)
+    return dict(heldout_bits_per_dim(codec.model, batches), source=f"folder {path}")
 
 
-def run(args: argparse.Namespace) -> dict:
-    from utils.run_folder import load_for_inference
-    from utils import migration
-    from utils.metrics import SingerClassifier
+# ----------------------------------------------------------------------------- the CLI
+class Prepared(NamedTuple):
+    """What :func:`prepare` checked and loaded for :func:`work`."""
 
+    args: argparse.Namespace
+    codec: "Codec"
+    reference: Optional["LatentStats"]  # from --reference_stats; None: computed over --real
+    started: float  # time.perf_counter() when preparing began
+
+
+def prepare(args: argparse.Namespace) -> Prepared:
+    """Every check that needs no song decoded: flags, folders and paths, the checkpoint
+    (restored, refused when of another model), ``--reference_stats`` (refused when of another
+    model) and the song folders (refused when they hold no audio file)."""
+    for flag, path in (("--checkpoint_dir", args.checkpoint_dir), ("--virtual", args.virtual),
+                       ("--real", args.real)):
+        if not os.path.isdir(path):
+            raise CliError(f"{flag} folder not found: {path}")
     if args.songs < 1:
         raise CliError(f"--songs must be at least 1, got {args.songs}")
     if args.batch_size < 1:
@@ -226,33 +242,50 @@ def run(args: argparse.Namespace) -> dict:
     json_dir = os.path.dirname(os.path.abspath(args.json))
     if not os.path.isdir(json_dir):
         raise CliError(f"folder of --json does not exist: {json_dir}")
+    if args.heldout is not None and not os.path.isdir(args.heldout):
+        raise CliError(f"--heldout not found: {args.heldout}")
     started = time.perf_counter()
-    model, config, feature_stats = load_for_inference(args.checkpoint_dir)
-    virtual = _load_folder(args.virtual, config, VIRTUAL)
-    real = _load_folder(args.real, config, REAL)
+    from utils.latent_stats import LatentStats
+    from utils.run_folder import load_for_inference
+    from utils.song_folders import list_audio
+
+    codec = load_for_inference(args.checkpoint_dir)
+    for folder in (args.virtual, args.real):
+        list_audio(folder)
+    reference = None
+    if args.reference_stats:
+        reference = LatentStats.load(args.reference_stats, codec.config)
+    return Prepared(args, codec, reference, started)
+
+
+def work(prepared: Prepared) -> dict:
+    """Evaluate; prints the table, writes ``--json`` and returns the results."""
+    from utils.metrics import SingerClassifier
+
+    args, codec = prepared.args, prepared.codec
+    config = codec.config
+    virtual = _load_folder(codec, args.virtual, VIRTUAL)
+    real = _load_folder(codec, args.real, REAL)
 
     count = min(args.songs, len(virtual))
     evaluated, rest = virtual[-count:], virtual[:-count]
     in_sample = not rest
     if in_sample:
-        print(f"{PROG}: warning: every virtual song is evaluated, so the singer classifier is "
-              "fitted on them too (in-sample scores)", file=sys.stderr)
+        print_warning(PROG, "every virtual song is evaluated, so the singer classifier is "
+                            "fitted on them too (in-sample scores)")
         rest = virtual
     classifier = SingerClassifier().fit(
         {VIRTUAL: [s for _, s in rest], REAL: [s for _, s in real]}, config.sampling_rate)
 
-    if args.reference_stats:
-        reference = migration.LatentStats.load(args.reference_stats, config)
-    else:
-        reference = migration.songs_latent_stats(model, config, feature_stats,
-                                                 (s for _, s in real), args.batch_size)
+    reference = prepared.reference
+    if reference is None:
+        reference = codec.latent_stats((s for _, s in real), args.batch_size)
 
-    heldout = _heldout(model, config, feature_stats, args.heldout, virtual + real,
-                       args.batch_size)
+    heldout = _heldout(codec, args.heldout, virtual + real, args.batch_size)
     sources = [s for _, s in evaluated]
-    recon = [reconstruction_metrics(model, config, feature_stats, s) for s in sources]
-    rows = evaluate_migration(model, config, feature_stats, sources, reference, classifier,
-                              args.methods, args.strengths)
+    recon = [reconstruction_metrics(codec, s) for s in sources]
+    rows = evaluate_migration(codec, sources, reference, classifier, args.methods,
+                              args.strengths)
     results = {
         "checkpoint_dir": os.path.abspath(args.checkpoint_dir),
         "config": config.to_dict(),
@@ -267,42 +300,31 @@ def run(args: argparse.Namespace) -> dict:
             "per_song": recon,
         },
         "migration": rows,
-        "seconds": time.perf_counter() - started,
+        "seconds": time.perf_counter() - prepared.started,
     }
     print(format_table(rows))
     print(f"held-out bits/dim {heldout['bits_per_dim']:.4f} over {heldout['patches']} patches "
           f"({heldout['source']}); reconstruction SNR {results['reconstruction']['snr_db']:.1f} dB,"
           f" LSD {results['reconstruction']['lsd_db']:.3f} dB")
-    tmp = f"{args.json}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(_json_safe(results), handle, indent=1)
-    os.replace(tmp, args.json)
+    atomic_write_text(args.json, json.dumps(_json_safe(results), indent=1))
     print(f"wrote {args.json}")
     return results
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    for flag, path in (("--checkpoint_dir", args.checkpoint_dir), ("--virtual", args.virtual),
-                       ("--real", args.real)):
-        if not os.path.isdir(path):
-            print(f"{PROG}: error: {flag} folder not found: {path}", file=sys.stderr)
-            return 1
-    from data_loader import DataError
-    from pipeline import CheckpointMismatch
-    from utils.audio import AudioError
-    from utils.migration import MigrationError, one_line
+def run(args: argparse.Namespace) -> dict:
+    """:func:`prepare` then :func:`work` on parsed flags, raising instead of printing errors
+    (what the experiment notebook calls); returns the results."""
+    return work(prepare(args))
 
-    try:
-        run(args)
-    except (CliError, CheckpointMismatch, AudioError, MigrationError, DataError, OSError) as error:
-        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
-        return 1
-    return 0
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; returns the exit status (:mod:`utils.cli`: 0 done, 1 failed during the
+    evaluation, 2 bad flags or refused before any work, 130 Ctrl-C)."""
+    def work_status(prepared: Prepared) -> int:
+        work(prepared)
+        return 0
+
+    return run_cli(PROG, build_parser(), prepare, work_status, argv)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,17 @@
 ``REF`` is a folder of songs (searched recursively) or a statistics ``.npz`` saved by
 ``--save_reference_stats``. ``shift`` and ``match`` also need the source's statistics: from
 ``--source_stats`` (an ``.npz`` or a folder of songs) or, by default, from the source song itself.
-Strength 0 returns the source; strength 1 is the method's full move (see utils/migration.py).
+Strength 0 returns the source; strength 1 is the method's full move (see
+utils/migration_methods.py).
 
 Writes ``OUT.wav`` (16-bit PCM at the model's rate, exactly as long as the source; scaled down
 with a warning if it would clip) and, beside it, ``OUT.png`` comparing the source and migrated
 spectrograms. A source shorter than one patch is padded for encoding (with a warning). Bad input
-is reported as one line ``migrate.py: error: ...`` with exit status 1 (2 for a malformed command
-line). ``--chunk_steps``, ``--overlap_steps`` and ``--batch_size`` tune the chunked encoding.
+is reported as one line ``migrate.py: error: ...``; the exit status follows :mod:`utils.cli`: 2
+for a malformed command line or an input refused before any work (a missing file or folder, a
+checkpoint or statistics of another model, an empty reference folder), 1 when the migration
+fails (e.g. a silent source), 130 on Ctrl-C. ``--chunk_steps``, ``--overlap_steps`` and
+``--batch_size`` tune the chunked encoding.
 """
 
 from __future__ import annotations
@@ -22,17 +26,22 @@ import argparse
 import math
 import os
 import sys
-import warnings
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence
 
-from utils.cli import CliError, OneLineArgumentParser, finite_float
+from utils.cli import CliError, OneLineArgumentParser, finite_float, print_warning, run_cli
+from utils.migration_methods import METHOD_NAMES, NEEDS_SOURCE
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+if TYPE_CHECKING:  # imported for real only once the flags are checked (TensorFlow loads)
+    from utils.codec import Codec
+    from utils.latent_stats import LatentStats
+
 PROG = "migrate.py"
-METHOD_NAMES = ("midpoint", "shift", "match")
 # Peak the output is scaled to when migration pushed it past full scale (-0.1 dBFS).
 FULL_SCALE = 10.0 ** (-0.1 / 20.0)
+# Floor of the figure's colour scale: at most this far below its loudest value.
+FIGURE_RANGE_DB = 100.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,27 +72,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _warn(message: str) -> None:
-    print(f"{PROG}: warning: {message}", file=sys.stderr)
+    print_warning(PROG, message)
 
 
-def load_stats(path: str, model, config, feature_stats, what: str):
-    """LatentStats from a saved ``.npz`` or computed over a folder of songs."""
-    from utils import migration
+# ----------------------------------------------------------------------------- statistics
+class StatsSource(NamedTuple):
+    """Where latent statistics come from: ``stats`` loaded from an ``.npz`` (``folder`` None), or
+    a ``folder`` of songs whose statistics are computed during the work (``stats`` None)."""
+
+    what: str
+    stats: Optional["LatentStats"]
+    folder: Optional[str]
+
+
+def open_stats(path: str, codec: "Codec", what: str) -> StatsSource:
+    """Refuse unusable statistics before any work: an ``.npz`` is loaded (and refused when it
+    belongs to another model); a folder must hold audio files."""
+    from utils.latent_stats import LatentStats
+    from utils.song_folders import list_audio
 
     if os.path.isdir(path):
-        def skipped(song_path, reason):
-            _warn(f"{what}: skipping {song_path}: {reason}")
-
-        print(f"computing {what} statistics over {path} ...", file=sys.stderr)
-        return migration.folder_latent_stats(model, config, feature_stats, path,
-                                             on_skip=skipped)
+        list_audio(path)
+        return StatsSource(what, None, path)
     if os.path.isfile(path):
-        return migration.LatentStats.load(path, config)
+        return StatsSource(what, LatentStats.load(path, codec.config), None)
     raise CliError(f"{what} not found: {path}")
 
 
+def compute_stats(source: StatsSource, codec: "Codec") -> "LatentStats":
+    """The LatentStats of ``source``: as loaded, or over its folder of songs (skipped files are
+    warned about, one line each)."""
+    if source.folder is None:
+        return source.stats
+
+    def skipped(song_path: str, reason: str) -> None:
+        _warn(f"{source.what}: skipping {song_path}: {reason}")
+
+    print(f"computing {source.what} statistics over {source.folder} ...", file=sys.stderr)
+    return codec.folder_latent_stats(source.folder, on_skip=skipped)
+
+
+# ----------------------------------------------------------------------------- the figure
 def spectrogram_columns(samples, config, columns: int = 2000):
-    """(bins, <= columns) log-magnitude in dB of Hann-windowed frames spread evenly over the song.
+    """(<= columns, bins) log-magnitude in nats of Hann-windowed frames spread evenly over the song.
 
     A long song has far more STFT frames than a figure has pixels, so frames are taken
     ``max(hop_length, N / columns)`` samples apart; memory stays ``columns * n_fft`` whatever
@@ -97,33 +128,43 @@ def spectrogram_columns(samples, config, columns: int = 2000):
     starts = np.arange(0, len(samples) + 1, step)
     frames = padded[starts[:, None] + np.arange(n_fft)[None, :]] * np.hanning(n_fft + 1)[:-1]
     magnitude = np.abs(np.fft.rfft(frames, axis=1))
-    return 20.0 * np.log10(magnitude + config.log_floor).T
+    return np.log(magnitude + config.log_floor)
 
 
 def spectrogram_figure(source, migrated, config, path: str, title: str) -> None:
-    """Two panels (source above, migrated below) of log-magnitude spectrograms in dB, as PNG."""
+    """Two panels (source above, migrated below) of log-magnitude spectrograms, as PNG.
+
+    One colour scale for both: from the loudest value down to the quietest panel's 1st percentile,
+    but never more than :data:`FIGURE_RANGE_DB` below the loudest.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from utils.plots import DB_PER_NEPER, spectrogram_figure as figure_of
+
     panels = [spectrogram_columns(samples, config) for samples in (source, migrated)]
     seconds = len(source) / config.sampling_rate
-    khz = config.sampling_rate / 2000.0
     high = max(float(p.max()) for p in panels)
-    low = max(min(float(np.percentile(p, 1)) for p in panels), high - 100.0)
-    fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True, sharey=True)
-    for ax, panel, name in zip(axes, panels, ("source", "migrated")):
-        image = ax.imshow(panel, origin="lower", aspect="auto", cmap="magma", vmin=low,
-                          vmax=high, extent=(0.0, seconds, 0.0, khz))
-        ax.set_title(name)
-        ax.set_ylabel("frequency (kHz)")
-    axes[-1].set_xlabel("time (s)")
-    fig.suptitle(title)
-    fig.colorbar(image, ax=list(axes), label="magnitude (dB)")
+    low = max(min(float(np.percentile(p, 1)) for p in panels),
+              high - FIGURE_RANGE_DB / DB_PER_NEPER)
+    fig = figure_of([(name, panel, (0.0, seconds))
+                     for name, panel in zip(("source", "migrated"), panels)],
+                    config.sampling_rate / 2000.0, title, range_nats=high - low)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- the CLI
+class Prepared(NamedTuple):
+    """What :func:`prepare` checked and loaded for :func:`work`."""
+
+    args: argparse.Namespace
+    codec: "Codec"
+    reference: StatsSource
+    source_stats: Optional[StatsSource]
 
 
 def check_paths(args: argparse.Namespace) -> None:
@@ -145,36 +186,54 @@ def check_paths(args: argparse.Namespace) -> None:
         raise CliError(f"output folder does not exist: {output_dir}")
 
 
-def run(args: argparse.Namespace) -> List[str]:
-    """Do the migration; returns the paths written. Raises CliError / ValueError for bad input."""
+def prepare(args: argparse.Namespace) -> Prepared:
+    """Every check that needs no audio decoded and no migration: flags and paths, the checkpoint
+    (restored, refused when of another model), the chunking flags, the statistics files (refused
+    when of another model) and the reference folder (refused when it holds no audio)."""
+    check_paths(args)
+    from utils.run_folder import load_for_inference
+    from utils.song_chunks import default_chunking
+
+    codec = load_for_inference(args.checkpoint_dir)
+    default_chunking(codec.config, args.chunk_steps, args.overlap_steps)
+    reference = open_stats(args.reference, codec, "reference")
+    source_stats = None
+    if args.source_stats and NEEDS_SOURCE[args.method]:
+        source_stats = open_stats(args.source_stats, codec, "source stats")
+    elif args.source_stats:
+        _warn(f"--source_stats is not used by method {args.method!r}")
+    return Prepared(args, codec, reference, source_stats)
+
+
+def work(prepared: Prepared) -> List[str]:
+    """Do the migration; returns the paths written. Raises CliError / SinGlowError for input
+    that cannot be migrated (one line)."""
     import numpy as np
 
-    from utils.run_folder import load_for_inference
-    from utils import migration
     from utils.audio import load_audio, save_wav
     from utils.metrics import snr_db
+    from utils.migration import migrate_song
 
-    model, config, feature_stats = load_for_inference(args.checkpoint_dir)
-    migration.default_chunking(config, args.chunk_steps, args.overlap_steps)
+    args, codec = prepared.args, prepared.codec
+    config = codec.config
     try:
         samples = load_audio(args.source, config.sampling_rate)
-        samples = migration.check_source(samples, config)
+        # Fail before the statistics pass; migrate_song checks again and warns if it is short.
+        samples = codec.check(samples, warn_short=False)
     except ValueError as error:  # AudioError and MigrationError are ValueErrors
         raise CliError(f"source {args.source}: {error}") from None
 
-    reference = load_stats(args.reference, model, config, feature_stats, "reference")
+    reference = compute_stats(prepared.reference, codec)
     if args.save_reference_stats:
         reference.save(args.save_reference_stats)
         print(f"saved reference statistics to {args.save_reference_stats}", file=sys.stderr)
     source_stats = None
-    if args.source_stats and migration.NEEDS_SOURCE[args.method]:
-        source_stats = load_stats(args.source_stats, model, config, feature_stats, "source stats")
-    elif args.source_stats:
-        _warn(f"--source_stats is not used by method {args.method!r}")
+    if prepared.source_stats is not None:
+        source_stats = compute_stats(prepared.source_stats, codec)
 
-    result = migration.migrate_song(
-        model, config, feature_stats, samples, args.method, args.strength, reference,
-        source_stats=source_stats, griffin_lim=args.griffin_lim, chunk_steps=args.chunk_steps,
+    result = migrate_song(
+        codec, samples, args.method, args.strength, reference, source_stats=source_stats,
+        griffin_lim=args.griffin_lim, chunk_steps=args.chunk_steps,
         overlap_steps=args.overlap_steps, batch_size=args.batch_size)
     out = result.samples
     peak = float(np.max(np.abs(out)))
@@ -192,28 +251,6 @@ def run(args: argparse.Namespace) -> List[str]:
     return [args.output, figure]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:  # --help, or a bad flag already reported on one line
-        return int(stop.code or 0)
-    try:
-        check_paths(args)
-    except CliError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
-    before = _file_identity(args.output)
-    try:
-        return _checked_run(args)
-    except KeyboardInterrupt:  # the wav is written whole or not at all (save_wav is atomic)
-        written = _file_identity(args.output) != before
-        print(f"{PROG}: interrupted; {args.output} "
-              f"{'was written, its figure may not be' if written else 'was not written'}",
-              file=sys.stderr)
-        return 130
-
-
 def _file_identity(path: str):
     """(inode, mtime_ns) of ``path``, or None when it does not exist: changes when it is replaced."""
     try:
@@ -223,25 +260,27 @@ def _file_identity(path: str):
     return stat.st_ino, stat.st_mtime_ns
 
 
-def _checked_run(args: argparse.Namespace) -> int:
-    """:func:`run`, with expected failures and warnings reported on one line each."""
-    from pipeline import CheckpointMismatch
-    from utils.audio import AudioError
-    from utils.migration import MigrationError, one_line
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; returns the exit status (see the module docstring)."""
+    # The wav at --output as it was before any work: Ctrl-C says whether it has been replaced
+    # (save_wav is atomic, so it is written whole or not at all).
+    before = {}
 
-    expected = (CliError, CheckpointMismatch, AudioError, MigrationError, OSError)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            run(args)
-            status = 0
-        except expected as error:
-            print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
-            status = 1
-    for warning in caught:
-        if issubclass(warning.category, UserWarning):
-            _warn(" ".join(str(warning.message).split()))
-    return status
+    def prepare_recording_output(args: argparse.Namespace) -> Prepared:
+        before["output"] = _file_identity(args.output)
+        return prepare(args)
+
+    def on_interrupt(args: argparse.Namespace) -> str:
+        written = "output" in before and _file_identity(args.output) != before["output"]
+        return (f"{args.output} "
+                f"{'was written, its figure may not be' if written else 'was not written'}")
+
+    def work_status(prepared: Prepared) -> int:
+        work(prepared)
+        return 0
+
+    return run_cli(PROG, build_parser(), prepare_recording_output, work_status, argv,
+                   on_interrupt)
 
 
 if __name__ == "__main__":

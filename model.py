@@ -332,3 +332,13 @@ def standard_normal_log_prob(z: tf.Tensor) -> tf.Tensor:
     """sum_i log N(z_i; 0, 1) over the last axis, in nats; z (B, D) -> (B,)."""
     dims = tf.cast(tf.shape(z)[-1], tf.float32)
     return -0.5 * tf.reduce_sum(tf.square(z), axis=-1) - 0.5 * dims * LOG_2PI
+
+
+def __getattr__(name: str):
+    """``model.GlowBijector`` (:mod:`utils.bijector`), imported on first use: TensorFlow
+    Probability adds seconds to ``import model``."""
+    if name == "GlowBijector":
+        from utils.bijector import GlowBijector
+
+        return GlowBijector
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

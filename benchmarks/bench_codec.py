@@ -2,7 +2,7 @@
 
 1. Real-time factor (seconds of audio per wall second) of the whole-song round trip at the default
    spectrogram Config: STFT -> chunked encode -> decode -> inverse STFT with the source phase, the
-   path ``migrate.py`` runs (``utils.migration.reconstruct_song``).
+   path ``migrate.py`` runs (``utils.codec.Codec.reconstruct``).
 2. encode + decode of a batch of R-spec patches, SinGlow-TF2 against ``tfp.bijectors.Glow``,
    timed alternately in one process on the same batch.
 3. Peak resident memory (VmHWM) of the whole-song round trip for 1-, 4- and 16-minute songs, each
@@ -36,9 +36,9 @@ import tensorflow as tf
 
 from common_definitions import Config
 from model import Glow
-from utils.audio import FeatureStats
+from utils.codec import Codec
 from utils.demo_data import random_melody, synthesize_song
-from utils.migration import reconstruct_song
+from utils.features import FeatureStats
 
 
 def make_song(seconds: float, sampling_rate: int, seed: int = 0) -> np.ndarray:
@@ -50,22 +50,22 @@ def make_song(seconds: float, sampling_rate: int, seed: int = 0) -> np.ndarray:
     return np.tile(song, reps)[: int(seconds * sampling_rate)].astype(np.float32)
 
 
-def default_codec(config: Config):
-    """The default model, ActNorm-initialised on a few patches, and identity feature stats."""
-    model = Glow(config)
+def default_codec(config: Config) -> Codec:
+    """The default model, ActNorm-initialised on a few patches, with identity feature stats."""
+    model = Glow.from_config(config)
     model.initialize(tf.random.stateless_normal((4, *config.input_shape), seed=[0, 1]))
-    return model, FeatureStats.identity(config)
+    return Codec(model, config, FeatureStats.identity(config))
 
 
 def real_time_factor(seconds: float, repeats: int) -> dict:
     config = Config()
-    model, stats = default_codec(config)
+    codec = default_codec(config)
     song = make_song(seconds, config.sampling_rate)
-    reconstruct_song(model, config, stats, song[: config.sampling_rate * 5])  # trace
+    codec.reconstruct(song[: config.sampling_rate * 5])  # trace
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        out = reconstruct_song(model, config, stats, song)
+        out = codec.reconstruct(song)
         times.append(time.perf_counter() - start)
     error = float(np.max(np.abs(out - song)))
     wall = statistics.median(times)
@@ -99,11 +99,11 @@ def versus_tfp(repeats: int) -> dict:
 def peak_memory_child(minutes: float) -> None:
     """In a fresh process: round-trip a song of ``minutes`` and print peak RSS figures (MiB)."""
     config = Config()
-    model, stats = default_codec(config)
-    reconstruct_song(model, config, stats, make_song(5.0, config.sampling_rate))
+    codec = default_codec(config)
+    codec.reconstruct(make_song(5.0, config.sampling_rate))
     baseline = _vm_hwm_mib()
     song = make_song(60.0 * minutes, config.sampling_rate)
-    reconstruct_song(model, config, stats, song)
+    codec.reconstruct(song)
     print(json.dumps({"minutes": minutes, "baseline_mib": baseline, "peak_mib": _vm_hwm_mib()}))
 
 

@@ -114,7 +114,7 @@ def test_empty_reference_folder_is_a_one_line_error(setup):
 
 
 def test_statistics_of_another_model_are_refused(setup):
-    from utils.migration import LatentStats
+    from utils.latent_stats import LatentStats
 
     other = setup["config"].replace(hidden_channels=16)
     stats = LatentStats(other, [(128, 2), (64, 8)])

@@ -1,5 +1,7 @@
-"""utils/migration.py: the methods' algebra, streaming statistics, persistence, chunked
-whole-song processing, and (with a small model trained here) migration on the demo corpus."""
+"""Migration: the methods' algebra (utils/migration_methods.py), streaming statistics and their
+persistence (utils/latent_stats.py), chunked whole-song processing (utils/song_chunks.py,
+utils/codec.py), and (with a small model trained here) migration on the demo corpus
+(utils/migration.py, evaluate.py)."""
 
 import math
 import os
@@ -10,8 +12,11 @@ import tensorflow as tf
 
 from common_definitions import Config
 from model import Glow
-from utils import migration
-from utils.audio import AudioError, FeatureStats, load_audio
+from utils import latent_stats, migration, song_chunks
+from utils import migration_methods as methods
+from utils.audio import AudioError, load_audio
+from utils.codec import Codec
+from utils.features import FeatureStats
 from utils.metrics import snr_db
 
 # A toy latent layout: two levels, (w, c) per level, like model.latent_shapes.
@@ -21,30 +26,30 @@ STEPS = 8  # time steps per toy patch: level 0 has 4 positions, level 1 has 2
 
 def _toy_latents(n, rng, loc=0.0, scale=1.0):
     """(n, D) latents of STEPS-step patches with per-dimension means and scales."""
-    dims = sum(h * w * c for h, w, c in migration.piece_shapes(LAYOUT, STEPS))
+    dims = sum(h * w * c for h, w, c in latent_stats.piece_shapes(LAYOUT, STEPS))
     per_dim_loc = loc + rng.normal(0.0, 1.0, dims)
     per_dim_scale = scale * rng.uniform(0.5, 2.0, dims)
     return (per_dim_loc + per_dim_scale * rng.standard_normal((n, dims))).astype(np.float32)
 
 
 def _stats(z, config=None):
-    return migration.LatentStats(config or Config(), LAYOUT).update(z, STEPS)
+    return latent_stats.LatentStats(config or Config(), LAYOUT).update(z, STEPS)
 
 
 def _pooled(z):
     """Per-level (w, c) mean and variance of z pooled over batch and time, by plain numpy."""
-    pieces = migration.split_latent(np.asarray(z, np.float64), LAYOUT, STEPS)
+    pieces = latent_stats.split_latent(np.asarray(z, np.float64), LAYOUT, STEPS)
     flat = [p.reshape(-1, *p.shape[2:]) for p in pieces]
     return [f.mean(axis=0) for f in flat], [f.var(axis=0) for f in flat]
 
 
 # ----------------------------------------------------------------------------- algebra
-@pytest.mark.parametrize("method", sorted(migration.METHODS))
+@pytest.mark.parametrize("method", sorted(methods.METHODS))
 def test_strength_zero_is_the_identity(method):
     rng = np.random.default_rng(0)
     z = _toy_latents(16, rng)
     src, ref = _stats(z).moments(STEPS), _stats(_toy_latents(16, rng, 1.0, 2.0)).moments(STEPS)
-    out = migration.apply_method(method, z, src, ref, 0.0)
+    out = methods.apply_method(method, z, src, ref, 0.0)
     np.testing.assert_array_equal(out, z)
 
 
@@ -52,8 +57,8 @@ def test_midpoint_at_full_strength_is_the_seeds_average():
     rng = np.random.default_rng(1)
     z = _toy_latents(8, rng)
     ref = _stats(_toy_latents(8, rng, 2.0)).moments(STEPS)
-    np.testing.assert_allclose(migration.midpoint(z, None, ref, 1.0), (z + ref.mean) / 2, atol=1e-6)
-    np.testing.assert_allclose(migration.midpoint(z, None, ref, 0.5), z + (ref.mean - z) / 4,
+    np.testing.assert_allclose(methods.midpoint(z, None, ref, 1.0), (z + ref.mean) / 2, atol=1e-6)
+    np.testing.assert_allclose(methods.midpoint(z, None, ref, 0.5), z + (ref.mean - z) / 4,
                                atol=1e-6)
 
 
@@ -62,7 +67,7 @@ def test_shift_moves_the_mean_by_strength_times_delta(strength):
     rng = np.random.default_rng(2)
     z_src, z_ref = _toy_latents(64, rng), _toy_latents(64, rng, 1.0, 3.0)
     src, ref = _stats(z_src), _stats(z_ref)
-    out = migration.apply_method("shift", z_src, src.moments(STEPS), ref.moments(STEPS), strength)
+    out = methods.apply_method("shift", z_src, src.moments(STEPS), ref.moments(STEPS), strength)
     moved = _stats(out)
     for level in range(len(LAYOUT)):
         np.testing.assert_allclose(
@@ -76,13 +81,13 @@ def test_match_at_full_strength_gives_the_reference_moments_on_the_source_set():
     rng = np.random.default_rng(3)
     z_src, z_ref = _toy_latents(64, rng), _toy_latents(48, rng, -1.0, 4.0)
     src, ref = _stats(z_src), _stats(z_ref)
-    out = migration.apply_method("match", z_src, src.moments(STEPS), ref.moments(STEPS), 1.0)
+    out = methods.apply_method("match", z_src, src.moments(STEPS), ref.moments(STEPS), 1.0)
     means, variances = _pooled(out)
     for level in range(len(LAYOUT)):
         np.testing.assert_allclose(means[level], ref.mean[level], atol=1e-5)
         np.testing.assert_allclose(np.sqrt(variances[level]), ref.std[level], rtol=1e-5)
     # Half strength lands halfway in latent space.
-    half = migration.apply_method("match", z_src, src.moments(STEPS), ref.moments(STEPS), 0.5)
+    half = methods.apply_method("match", z_src, src.moments(STEPS), ref.moments(STEPS), 0.5)
     np.testing.assert_allclose(half, (z_src + out) / 2, atol=1e-5)
 
 
@@ -90,19 +95,19 @@ def test_methods_refuse_bad_arguments():
     rng = np.random.default_rng(4)
     z = _toy_latents(4, rng)
     ref = _stats(z).moments(STEPS)
-    with pytest.raises(migration.MigrationError, match="needs source statistics"):
-        migration.apply_method("match", z, None, ref, 1.0)
-    with pytest.raises(migration.MigrationError, match="unknown method"):
-        migration.apply_method("average", z, ref, ref, 1.0)
-    with pytest.raises(migration.MigrationError, match="finite"):
-        migration.apply_method("shift", z, ref, ref, float("nan"))
+    with pytest.raises(methods.MigrationError, match="needs source statistics"):
+        methods.apply_method("match", z, None, ref, 1.0)
+    with pytest.raises(methods.MigrationError, match="unknown method"):
+        methods.apply_method("average", z, ref, ref, 1.0)
+    with pytest.raises(methods.MigrationError, match="finite"):
+        methods.apply_method("shift", z, ref, ref, float("nan"))
 
 
 # ----------------------------------------------------------------------------- statistics
 def test_streamed_statistics_equal_numpy_over_all_latents():
     rng = np.random.default_rng(5)
     z = _toy_latents(101, rng, 3.0, 0.01) + 1e3  # a large offset tests the numerics too
-    stats = migration.LatentStats(Config(), LAYOUT)
+    stats = latent_stats.LatentStats(Config(), LAYOUT)
     for start, stop in [(0, 1), (1, 30), (30, 31), (31, 101)]:
         stats.update(z[start:stop], STEPS)
     means, variances = _pooled(z)
@@ -119,7 +124,7 @@ def test_statistics_apply_to_any_length():
     rng = np.random.default_rng(6)
     stats = _stats(_toy_latents(8, rng))
     long = stats.moments(4 * STEPS)
-    pieces = migration.split_latent(long.mean[None], LAYOUT, 4 * STEPS)
+    pieces = latent_stats.split_latent(long.mean[None], LAYOUT, 4 * STEPS)
     for level, piece in enumerate(pieces):
         # Every time position of a level carries the same (w, c) statistics.
         np.testing.assert_array_equal(piece[0], np.broadcast_to(stats.mean[level], piece[0].shape))
@@ -131,24 +136,24 @@ def test_npz_round_trip_and_refusal_of_another_config(tmp_path):
     stats = _stats(_toy_latents(20, rng), config)
     path = str(tmp_path / "ref.npz")
     stats.save(path)
-    loaded = migration.LatentStats.load(path, config)
+    loaded = latent_stats.LatentStats.load(path, config)
     assert loaded.config == config and loaded.latent_shapes == stats.latent_shapes
     np.testing.assert_array_equal(loaded.count, stats.count)
     for level in range(len(LAYOUT)):
         np.testing.assert_array_equal(loaded.mean[level], stats.mean[level])
         np.testing.assert_allclose(loaded.var[level], stats.var[level], rtol=1e-12)
     # Fields outside the model signature (paths, training length) do not matter.
-    migration.LatentStats.load(path, config.replace(epochs=99, checkpoint_dir="elsewhere"))
+    latent_stats.LatentStats.load(path, config.replace(epochs=99, checkpoint_dir="elsewhere"))
     with pytest.raises(migration.MigrationError) as caught:
-        migration.LatentStats.load(path, config.replace(k_glow=3))
+        latent_stats.LatentStats.load(path, config.replace(k_glow=3))
     message = str(caught.value)
     assert "\n" not in message and "k_glow=2" in message
     not_stats = tmp_path / "junk.npz"
     not_stats.write_bytes(b"not an npz")
     with pytest.raises(migration.MigrationError, match="not a latent statistics file"):
-        migration.LatentStats.load(str(not_stats))
+        latent_stats.LatentStats.load(str(not_stats))
     with pytest.raises(migration.MigrationError, match="not found"):
-        migration.LatentStats.load(str(tmp_path / "missing.npz"))
+        latent_stats.LatentStats.load(str(tmp_path / "missing.npz"))
 
 
 # ----------------------------------------------------------------------------- the real layout
@@ -158,7 +163,7 @@ TINY = Config(k_glow=2, l_glow=2, hidden_channels=16, window_size=32)
 @pytest.fixture(scope="module")
 def tiny_model():
     """An ActNorm-initialised, perturbed (so not an identity) tiny Glow and identity stats."""
-    model = Glow(TINY)
+    model = Glow.from_config(TINY)
     rng = np.random.default_rng(0)
     model.initialize(rng.standard_normal((4, *TINY.input_shape)).astype(np.float32))
     for v in model.trainable_variables:
@@ -170,11 +175,11 @@ def test_split_latent_matches_the_models_layout(tiny_model):
     steps = 3 * TINY.input_shape[0]
     x = np.random.default_rng(1).standard_normal((2, steps, *TINY.input_shape[1:]))
     z, _ = tiny_model.encode(x.astype(np.float32))
-    ours = migration.split_latent(z.numpy(), tiny_model.latent_shapes, steps)
+    ours = latent_stats.split_latent(z.numpy(), tiny_model.latent_shapes, steps)
     theirs = tiny_model._unflatten(z)
     for a, b in zip(ours, theirs):
         np.testing.assert_array_equal(a, b.numpy())
-    np.testing.assert_array_equal(migration.join_latent(ours), z.numpy())
+    np.testing.assert_array_equal(latent_stats.join_latent(ours), z.numpy())
 
 
 # ----------------------------------------------------------------------------- stitching
@@ -197,7 +202,7 @@ class _ShiftModel:
 def test_chunks_stitch_back_every_step_exactly(total):
     x = np.random.default_rng(total).standard_normal((total, 3, 1)).astype(np.float32)
     model = _ShiftModel()
-    out = migration.transform_features(model, x, lambda z: z, 16, 4, batch_size=3)
+    out = song_chunks.transform_features(model, x, lambda z: z, 16, 4, batch_size=3)
     assert out.shape == x.shape
     np.testing.assert_allclose(out, x, atol=1e-6)
     # Memory stays flat: never more than batch_size chunks of chunk_steps per model call.
@@ -214,11 +219,11 @@ def test_crossfade_has_no_steps_at_chunk_boundaries():
     def chunk_offsets(z):
         return z + np.array([[next(calls) % 2] for _ in range(len(z))], np.float32)
 
-    out = migration.transform_features(_ShiftModel(), x, chunk_offsets, 16, 8, batch_size=1)
+    out = song_chunks.transform_features(_ShiftModel(), x, chunk_offsets, 16, 8, batch_size=1)
     steps = np.abs(np.diff(out[:, 0, 0]))
     # Offsets differ by 1 between neighbours; a sin^2 ramp over 8 steps moves at most ~0.2/step.
     assert steps.max() < 0.25
-    weights = [migration.crossfade_weights(16, 8, k == 0, k == 3) for k in range(4)]
+    weights = [song_chunks.crossfade_weights(16, 8, k == 0, k == 3) for k in range(4)]
     covered = np.zeros(16 + 3 * 8)
     for k, w in enumerate(weights):
         covered[8 * k:8 * k + 16] += w
@@ -243,30 +248,29 @@ def test_audio_segments_crossfade_back_to_every_sample():
         lengths.append(len(piece))
         return piece
 
-    out = migration.render_in_segments(samples, 3000, 500, render)
+    out = song_chunks.render_in_segments(samples, 3000, 500, render)
     np.testing.assert_allclose(out, samples, atol=1e-6)
     assert max(lengths) == 3000 and len(lengths) == 4
     # Disjoint segments for statistics cover every sample once, with no stub at the end.
-    pieces = list(migration.iter_segments(samples, 3000))
+    pieces = list(song_chunks.iter_segments(samples, 3000))
     assert sum(len(p) for p in pieces) == len(samples) and min(len(p) for p in pieces) >= 3000
 
 
-@pytest.mark.parametrize("method", sorted(migration.METHODS))
+@pytest.mark.parametrize("method", sorted(methods.METHODS))
 def test_strength_zero_returns_the_source_audio(tiny_model, demo_paths, method):
     """Through 3-second audio segments and 32-step chunks: many boundaries of both kinds."""
     samples = load_audio(demo_paths["virtual"][0], TINY.sampling_rate)
     stats = FeatureStats.identity(TINY)
     real = [load_audio(p, TINY.sampling_rate) for p in demo_paths["real"][:2]]
-    reference = migration.songs_latent_stats(tiny_model, TINY, stats, real)
+    codec = Codec(tiny_model, TINY, stats)
+    reference = codec.latent_stats(real)
     kwargs = dict(chunk_steps=32, overlap_steps=8, segment_seconds=3.0,
                   segment_overlap_seconds=0.5)
-    result = migration.migrate_song(tiny_model, TINY, stats, samples, method, 0.0, reference,
-                                    **kwargs)
+    result = migration.migrate_song(codec, samples, method, 0.0, reference, **kwargs)
     assert result.samples.shape == samples.shape
     assert snr_db(samples, result.samples) >= 40.0
     # The latents did move at strength 1, so the identity above is not vacuous.
-    moved = migration.migrate_song(tiny_model, TINY, stats, samples, method, 1.0, reference,
-                                   **kwargs)
+    moved = migration.migrate_song(codec, samples, method, 1.0, reference, **kwargs)
     assert moved.samples.shape == samples.shape and np.isfinite(moved.samples).all()
     assert snr_db(samples, moved.samples) < 40.0
 
@@ -274,7 +278,7 @@ def test_strength_zero_returns_the_source_audio(tiny_model, demo_paths, method):
 def test_bound_features_keeps_the_source_and_stops_blow_ups():
     rng = np.random.default_rng(9)
     source = rng.standard_normal((40, 6, 1)).astype(np.float32)
-    reference = migration.LatentStats(Config(), LAYOUT)
+    reference = latent_stats.LatentStats(Config(), LAYOUT)
     reference.feature_min = np.full((6, 1), -1.0)
     reference.feature_max = np.full((6, 1), 4.0)
     np.testing.assert_array_equal(migration.bound_features(source, source, reference), source)
@@ -288,16 +292,17 @@ def test_bound_features_keeps_the_source_and_stops_blow_ups():
 def test_waveform_feature_round_trips_too():
     config = Config(feature="waveform", window_size=512, channel_size=2, k_glow=1, l_glow=2,
                     hidden_channels=8)
-    model = Glow(config)
+    model = Glow.from_config(config)
     rng = np.random.default_rng(10)
     t = np.arange(3 * config.sampling_rate) / config.sampling_rate
     song = 0.5 * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.standard_normal(len(t))
     song = song.astype(np.float32)
     stats = FeatureStats.identity(config)
     model.initialize(song[:4 * config.window_size].reshape(4, *config.input_shape))
-    reference = migration.songs_latent_stats(model, config, stats, [song[::-1].copy()])
+    codec = Codec(model, config, stats)
+    reference = codec.latent_stats([song[::-1].copy()])
     for strength, check in ((0.0, lambda snr: snr >= 40.0), (1.0, math.isfinite)):
-        out = migration.migrate_song(model, config, stats, song, "match", strength, reference,
+        out = migration.migrate_song(codec, song, "match", strength, reference,
                                      segment_seconds=1.0, segment_overlap_seconds=0.1).samples
         assert out.shape == song.shape and check(snr_db(song, out))
 
@@ -306,17 +311,91 @@ def test_short_and_silent_sources(tiny_model):
     stats = FeatureStats.identity(TINY)
     rng = np.random.default_rng(3)
     short = (0.3 * rng.standard_normal(TINY.patch_samples // 3)).astype(np.float32)
-    reference = migration.songs_latent_stats(tiny_model, TINY, stats, [short])
+    codec = Codec(tiny_model, TINY, stats)
+    reference = codec.latent_stats([short])
     with pytest.warns(UserWarning, match="shorter than one patch"):
-        result = migration.migrate_song(tiny_model, TINY, stats, short, "match", 0.0, reference)
+        result = migration.migrate_song(codec, short, "match", 0.0, reference)
     assert result.samples.shape == short.shape
     assert snr_db(short, result.samples) >= 40.0
     with pytest.raises(AudioError, match="silent"):
-        migration.migrate_song(tiny_model, TINY, stats, np.zeros(40000, np.float32), "match",
-                               1.0, reference)
+        migration.migrate_song(codec, np.zeros(40000, np.float32), "match", 1.0, reference)
     with pytest.raises(migration.MigrationError, match="another model configuration"):
-        migration.migrate_song(tiny_model, TINY.replace(hidden_channels=8), stats, short,
+        migration.migrate_song(Codec(tiny_model, TINY.replace(hidden_channels=8), stats), short,
                                "match", 1.0, reference)
+
+
+# ----------------------------------------------------------------------------- the codec
+def test_codec_whole_song_encode_and_decode_are_exact_inverses(tiny_model, demo_paths):
+    samples = load_audio(demo_paths["virtual"][1], TINY.sampling_rate)
+    codec = Codec(tiny_model, TINY, FeatureStats.identity(TINY))
+    encoded = codec.encode(samples)
+    steps = encoded.song.x.shape[0]
+    assert steps % TINY.time_multiple == 0 and steps >= encoded.song.num_steps
+    assert encoded.z.shape == (steps * TINY.n_bins,)
+    # One call over the whole song: the same numbers as the model on the whole feature array.
+    z, logdet = tiny_model.encode(encoded.song.x[None])
+    np.testing.assert_array_equal(encoded.z, z.numpy()[0])
+    assert encoded.logdet == pytest.approx(float(logdet[0]), rel=1e-6)
+    bits = float(tiny_model.bits_per_dim(encoded.song.x[None])[0])
+    assert encoded.bits_per_dim == pytest.approx(bits, rel=1e-4, abs=1e-4)
+    rebuilt = codec.decode(encoded.z, encoded.song)
+    assert rebuilt.shape == samples.shape and snr_db(samples, rebuilt) >= 40.0
+
+
+def test_codec_transform_reconstruct_and_patch_latents(tiny_model, demo_paths):
+    samples = load_audio(demo_paths["virtual"][2], TINY.sampling_rate)
+    codec = Codec(tiny_model, TINY, FeatureStats.identity(TINY))
+    kwargs = dict(chunk_steps=32, overlap_steps=8, segment_seconds=3.0,
+                  segment_overlap_seconds=0.5)
+    rebuilt = codec.reconstruct(samples, **kwargs)
+    assert rebuilt.shape == samples.shape and snr_db(samples, rebuilt) >= 40.0
+    seen = []
+
+    def move(z):
+        seen.append(z.shape)
+        return z
+
+    np.testing.assert_allclose(codec.transform(samples, move, **kwargs), rebuilt, atol=1e-6)
+    # The move sees batches of whole chunks: 32 steps x n_bins latent dimensions each.
+    assert seen and {shape[1] for shape in seen} == {32 * TINY.n_bins}
+    assert max(shape[0] for shape in seen) <= 8
+    # A bound sees each segment's decoded and source features, and what it returns is heard.
+    silenced = codec.transform(samples, None, bound=lambda x, source: source * 0.0 - 20.0,
+                               **kwargs)
+    assert np.abs(silenced).max() < 1e-3 * np.abs(samples).max()
+
+    latents = codec.patch_latents(samples, batch_size=3)
+    song = codec.features(samples)
+    patch_steps = TINY.input_shape[0]
+    assert latents.shape == (song.num_steps // patch_steps, TINY.dims)
+    first, _ = tiny_model.encode(song.x[None, :patch_steps])
+    np.testing.assert_allclose(latents[0], first.numpy()[0], atol=1e-5)
+    # Statistics of the song's patches, streamed in segments, equal those of its latents.
+    stats = codec.latent_stats([samples], segment_seconds=60.0)
+    direct = latent_stats.LatentStats(TINY, tiny_model.latent_shapes).update(latents, patch_steps)
+    np.testing.assert_array_equal(stats.count, direct.count)
+    for level in range(len(stats.count)):
+        np.testing.assert_allclose(stats.mean[level], direct.mean[level], atol=1e-5)
+
+
+def test_codec_folder_latent_stats_and_its_refusals(tiny_model, demo_paths, tmp_path):
+    codec = Codec(tiny_model, TINY, FeatureStats.identity(TINY))
+    folder = os.path.dirname(demo_paths["real"][0])
+    skipped = []
+    (tmp_path / "notes.wav").write_bytes(b"not audio")
+    stats = codec.folder_latent_stats(folder, on_skip=lambda path, reason: skipped.append(path))
+    songs = [load_audio(p, TINY.sampling_rate) for p in sorted(demo_paths["real"])]
+    expected = codec.latent_stats(songs)
+    np.testing.assert_array_equal(stats.count, expected.count)
+    assert not skipped
+    with pytest.raises(migration.MigrationError, match="no usable song"):
+        codec.folder_latent_stats(str(tmp_path), on_skip=lambda path, _: skipped.append(path))
+    assert skipped == [str(tmp_path / "notes.wav")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(migration.MigrationError, match="no audio files"):
+        codec.folder_latent_stats(str(tmp_path / "empty"))
+    with pytest.raises(migration.MigrationError, match="not a folder"):
+        codec.folder_latent_stats(str(tmp_path / "nothing"))
 
 
 # ----------------------------------------------------------------------------- a trained model
@@ -343,25 +422,24 @@ def trained(tmp_path_factory):
         records_dir=str(root / "records"), checkpoint_dir=str(root / "ck"),
         logdir=str(root / "logs"), output_dir=str(root / "out"))
     Trainer(config, progress=False, log=lambda message: None).fit()
-    model, config, stats = load_for_inference(config.checkpoint_dir)
+    codec = load_for_inference(config.checkpoint_dir)
+    config = codec.config
     songs = {s: [load_audio(p, config.sampling_rate) for p in files] for s, files in paths.items()}
     classifier = SingerClassifier().fit({s: songs[s][:5] for s in songs}, config.sampling_rate)
-    reference = migration.songs_latent_stats(model, config, stats, songs["real"][:5])
-    return dict(model=model, config=config, stats=stats, songs=songs, classifier=classifier,
+    reference = codec.latent_stats(songs["real"][:5])
+    return dict(codec=codec, config=config, songs=songs, classifier=classifier,
                 reference=reference, root=root)
 
 
 def test_match_moves_a_held_out_song_toward_the_real_singer_and_keeps_its_pitch(trained):
     from utils.metrics import pitch_metrics
 
-    model, config, stats = trained["model"], trained["config"], trained["stats"]
+    codec, config = trained["codec"], trained["config"]
     source = trained["songs"]["virtual"][5]
     classifier, rate = trained["classifier"], config.sampling_rate
-    identity = migration.migrate_song(model, config, stats, source, "match", 0.0,
-                                      trained["reference"]).samples
+    identity = migration.migrate_song(codec, source, "match", 0.0, trained["reference"]).samples
     assert snr_db(source, identity) >= 40.0
-    migrated = migration.migrate_song(model, config, stats, source, "match", 1.0,
-                                      trained["reference"]).samples
+    migrated = migration.migrate_song(codec, source, "match", 1.0, trained["reference"]).samples
     assert migrated.shape == source.shape and np.isfinite(migrated).all()
     before = classifier.probability(source, "real", rate)
     after = classifier.probability(migrated, "real", rate)

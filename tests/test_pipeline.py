@@ -150,7 +150,8 @@ def test_reconstruction_and_sample_wavs(trained):
 
 
 def test_load_for_inference(trained, tmp_path):
-    model, config, stats = load_for_inference(trained.config.checkpoint_dir)
+    codec = load_for_inference(trained.config.checkpoint_dir)
+    model, config, stats = codec.model, codec.config, codec.stats
     assert config == trained.config and model.is_initialized()
     np.testing.assert_array_equal(stats.std, trained.trainer.stats.std)
     np.testing.assert_allclose(model.encode(trained.batch)[0],

@@ -611,7 +611,8 @@ def test_a_run_of_non_finite_steps_stops_with_one_line_and_the_last_checkpoint_i
                                  os.path.join(poisoned_run.checkpoint_dir, "ckpt-15"))
     assert result.returncode == 1 and "is intact" in line
     assert recorded_steps(poisoned_run.checkpoint_dir)[-1] == 15  # nothing saved after them
-    model, config, stats = load_for_inference(poisoned_run.checkpoint_dir)
+    codec = load_for_inference(poisoned_run.checkpoint_dir)
+    model, config, stats = codec.model, codec.config, codec.stats
     assert all(np.isfinite(v.numpy()).all() for v in model.variables)
     batch = next(iter(SongDataLoader(config.replace(records_dir=records.dir)).records()
                       .training_dataset(seed=1)))
@@ -664,14 +665,15 @@ def status(field):
                 return int(line.split()[1]) * 1024
 
 
-model, config, stats = load_for_inference(sys.argv[1])
-reference = migration.folder_latent_stats(model, config, stats, sys.argv[2])
+codec = load_for_inference(sys.argv[1])
+model, config, stats = codec.model, codec.config, codec.stats
+reference = codec.folder_latent_stats(sys.argv[2])
 rate = config.sampling_rate
 t = np.arange(10 * rate) / rate
 phrase = (0.3 * np.sin(2 * np.pi * np.cumsum(220 + 30 * np.sin(2 * np.pi * 0.3 * t)) / rate)
           ).astype(np.float32)
 options = dict(chunk_steps=256, batch_size=16)
-migration.migrate_song(model, config, stats, phrase, "midpoint", 1.0, reference, **options)
+migration.migrate_song(codec, phrase, "midpoint", 1.0, reference, **options)
 report = []
 for minutes in (1, 30):
     song = np.resize(phrase, minutes * 60 * rate)
@@ -679,7 +681,7 @@ for minutes in (1, 30):
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")  # reset VmHWM, the peak resident set size
     began = time.perf_counter()
-    out = migration.migrate_song(model, config, stats, song, "midpoint", 1.0, reference,
+    out = migration.migrate_song(codec, song, "midpoint", 1.0, reference,
                                  **options).samples
     report.append({"minutes": minutes, "growth": status("VmHWM") - before,
                    "seconds": time.perf_counter() - began, "song_bytes": song.nbytes,

@@ -15,12 +15,11 @@ common leading part is used.
 from __future__ import annotations
 
 import math
-import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg")
+from utils.files import AUDIO_EXTENSIONS, audio_files
 
 # pYIN analysis settings: every signal is analysed at 16 kHz with 128 ms frames and a 32 ms hop,
 # which resolves a 5-7 Hz vibrato and keeps a 20 s clip to about a second of pYIN.
@@ -202,14 +201,11 @@ def pitch_metrics(source, output, sampling_rate: int) -> Dict[str, float]:
 
 # ---------------------------------------------------------------------------------- singer
 def _load_folder(folder: str, sampling_rate: int) -> List[np.ndarray]:
+    """Every audio file under ``folder`` (:func:`utils.files.audio_files`), mono at
+    ``sampling_rate``; raises ValueError when there is none."""
     import librosa
 
-    paths = sorted(
-        os.path.join(dirpath, name)
-        for dirpath, _, names in os.walk(folder)
-        for name in names
-        if name.lower().endswith(AUDIO_EXTENSIONS)
-    )
+    paths = audio_files(folder)
     if not paths:
         raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {folder!r}")
     return [librosa.load(p, sr=sampling_rate, mono=True)[0] for p in paths]

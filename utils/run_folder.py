@@ -5,6 +5,7 @@ A checkpoint folder (``config.checkpoint_dir``) written by ``train.py``::
     config.json            the Config of the run; a checkpoint is only ever restored under a
                            Config whose model fields agree
     feature_stats.json     the FeatureStats the training data was normalised with
+    singers.json           a conditional model's singer map (names in id order)
     checkpoint, ckpt-N.*   tf.train.Checkpoint(model, optimizer, step, skipped_steps), N = step
     glow.weights.h5        the model weights alone (Keras), written at the end of training
 
@@ -15,22 +16,30 @@ it, and inference (``migrate.py``, ``evaluate.py``, the notebooks) loads a run t
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Optional, Tuple
+import shutil
+import tempfile
+from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from common_definitions import Config
 from model import Glow
-from utils.audio import FeatureStats
-from utils.errors import SinGlowError, one_line
+from utils.codec import Codec
+from utils.distribute import TaskInfo
+from utils.features import FeatureStats
+from utils.errors import RefusedError, one_line
+from utils.files import atomic_write_text
 
 CONFIG_NAME = "config.json"
 STATS_NAME = "feature_stats.json"
 WEIGHTS_NAME = "glow.weights.h5"
+# The singer map of a conditional model: {"singers": [name of id 0, name of id 1, ...]}.
+SINGERS_NAME = "singers.json"
 
 
-class CheckpointMismatch(SinGlowError, ValueError):
+class CheckpointMismatch(RefusedError, ValueError):
     """A checkpoint cannot be used with this configuration; the message is one line."""
 
 
@@ -120,8 +129,149 @@ def restore_model(model: Glow, checkpoint_dir: str) -> str:
     return source
 
 
-def load_for_inference(checkpoint_dir: str) -> Tuple[Glow, Config, FeatureStats]:
-    """``(model, config, stats)`` of a trained run, for migrate.py, evaluate.py and notebooks.
+def read_singers(checkpoint_dir: str) -> Optional[Tuple[str, ...]]:
+    """The singer names of a conditional run (index = the model's singer id), or None when the
+    folder holds no ``singers.json``."""
+    path = os.path.join(checkpoint_dir, SINGERS_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            singers = json.load(handle)["singers"]
+        if not singers or not all(isinstance(name, str) for name in singers) or len(
+                set(singers)) != len(singers):
+            raise ValueError("expected a list of distinct singer names")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointMismatch(f"cannot read {path}: {one_line(error)}") from None
+    return tuple(singers)
+
+
+def write_singers(checkpoint_dir: str, singers) -> None:
+    """Save the singer map of a conditional run (atomically)."""
+    atomic_write_text(os.path.join(checkpoint_dir, SINGERS_NAME),
+                      json.dumps({"singers": list(singers)}, indent=1) + "\n")
+
+
+def check_singers(saved: Sequence[str], labels: Sequence[str], where: str) -> None:
+    """Refuse records holding a singer that the saved map of a conditional run lacks."""
+    unknown = sorted(set(labels) - set(saved))
+    if unknown:
+        raise CheckpointMismatch(
+            f"the conditional checkpoint in {where} knows the singers {', '.join(saved)}; the "
+            f"records also hold {', '.join(unknown)}: train those in another --checkpoint_dir")
+
+
+def saved_feature_stats(config: Config) -> Optional[FeatureStats]:
+    """The ``feature_stats.json`` beside the checkpoints of ``config.checkpoint_dir``, or None
+    when the folder holds no checkpoint or no such file (a fresh run normalises with its
+    records' statistics)."""
+    path = os.path.join(config.checkpoint_dir, STATS_NAME)
+    if check_checkpoint_dir(config) is None or not os.path.isfile(path):
+        return None
+    try:
+        return FeatureStats.load(path)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointMismatch(f"cannot read {path}: {one_line(error)}") from None
+
+
+class RunFolder:
+    """The checkpoint folder of a training run: numbered checkpoints and the files beside them.
+
+    ``checkpoint`` is the run's ``tf.train.Checkpoint`` (model, optimizer, step, skipped_steps);
+    checkpoints are numbered by ``step``. Only the chief worker writes into the folder; the other
+    workers take part in every save (a multi-worker save may run collectives) but write to a
+    scratch folder that is removed at once.
+
+    Attributes:
+        last_checkpoint: the checkpoint last written or restored (None before either).
+        last_saved_step: the step of that checkpoint (-1 before either).
+    """
+
+    def __init__(self, config: Config, checkpoint: tf.train.Checkpoint, step: tf.Variable,
+                 task: TaskInfo = TaskInfo()):
+        self.config = config
+        self.checkpoint = checkpoint
+        self.step = step
+        self.task = task
+        self._manager: Optional[tf.train.CheckpointManager] = None
+        self.last_checkpoint: Optional[str] = None
+        self.last_saved_step = -1
+
+    @property
+    def path(self) -> str:
+        return self.config.checkpoint_dir
+
+    @property
+    def manager(self) -> tf.train.CheckpointManager:
+        """The CheckpointManager of the folder (created on first use: it creates the folder)."""
+        if self._manager is None:
+            self._manager = tf.train.CheckpointManager(
+                self.checkpoint, self.path, self.config.max_checkpoints, step_counter=self.step)
+        return self._manager
+
+    def restore(self, model: Glow, path: str) -> str:
+        """Restore everything in ``checkpoint`` from ``path``; returns ``path``.
+
+        Raises:
+            CheckpointMismatch: the checkpoint holds another model or cannot be read.
+        """
+        try:
+            check_model_matches(model, path)
+            self.checkpoint.restore(path).assert_existing_objects_matched()
+        except CheckpointMismatch:
+            raise
+        except (AssertionError, ValueError, KeyError, tf.errors.OpError) as error:
+            raise CheckpointMismatch(f"cannot restore {path}: {one_line(error)}") from None
+        self.last_checkpoint = path
+        self.last_saved_step = int(self.step.numpy())
+        return path
+
+    def write_run_files(self, stats: Optional[FeatureStats], singers: Sequence[str] = ()) -> None:
+        """Write ``config.json``, ``feature_stats.json`` and a conditional run's
+        ``singers.json`` (chief only)."""
+        if not self.task.is_chief:
+            return
+        os.makedirs(self.path, exist_ok=True)
+        self.config.save(os.path.join(self.path, CONFIG_NAME))
+        if stats is not None:
+            stats.save(os.path.join(self.path, STATS_NAME))
+        if singers:
+            write_singers(self.path, singers)
+
+    def save(self, stats: Optional[FeatureStats], singers: Sequence[str] = ()) -> Optional[str]:
+        """Save a checkpoint numbered by the step, with the run files; returns its path (chief)
+        or None (other workers). Every worker must call it."""
+        step = int(self.step.numpy())
+        if self.task.is_chief:
+            self.write_run_files(stats, singers)
+            path = self.manager.save(checkpoint_number=step)
+            self.last_checkpoint = path
+        else:
+            scratch = tempfile.mkdtemp(prefix=f"singlow-worker{self.task.index}-")
+            try:
+                self.checkpoint.write(os.path.join(scratch, "ckpt"))
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            path = None
+        self.last_saved_step = step
+        return path
+
+    def export_weights(self, model: Glow, path: Optional[str] = None) -> Optional[str]:
+        """Write the model weights alone as ``.weights.h5`` (default ``glow.weights.h5`` in the
+        folder); returns the path (None on other workers, which write nothing)."""
+        path = path or os.path.join(self.path, WEIGHTS_NAME)
+        if not path.endswith(".weights.h5"):
+            raise ValueError(f"weights must be saved to a .weights.h5 file, got {path}")
+        if not self.task.is_chief:
+            return None
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        model.save_weights(path)
+        return path
+
+
+def load_for_inference(checkpoint_dir: str) -> Codec:
+    """The :class:`utils.codec.Codec` (model, config, stats) of a trained run, for migrate.py,
+    evaluate.py, the notebooks and the benchmarks.
 
     Reads ``config.json`` (rebuilds the model it describes), ``feature_stats.json`` (the
     normalisation the model was trained with) and the latest checkpoint's model weights (the
@@ -148,6 +298,7 @@ def load_for_inference(checkpoint_dir: str) -> Tuple[Glow, Config, FeatureStats]
             f"{STATS_NAME} in {checkpoint_dir} was computed under other feature settings than its "
             f"{CONFIG_NAME}"
         )
-    model = Glow(config)
+
+    model = Glow.from_config(config)
     restore_model(model, checkpoint_dir)
-    return model, config, stats
+    return Codec(model, config, stats)

@@ -1,0 +1,276 @@
+"""The inference object: a trained Glow with its Config and feature normalisation, on whole songs.
+
+A :class:`Codec` is what :func:`utils.run_folder.load_for_inference` returns and what
+``migrate.py``, ``evaluate.py``, the notebooks and the benchmarks work with; none of them needs
+the model, the Config and the :class:`~utils.features.FeatureStats` separately, nor any training
+code. It offers, for a song given as samples:
+
+- :meth:`Codec.encode` / :meth:`Codec.decode`: the whole song in one model call (the model is
+  fully convolutional); exact inverses with the song's own STFT phase;
+- :meth:`Codec.transform`: encode -> ``move(z)`` -> decode through audio segments and feature
+  chunks (:mod:`utils.song_chunks`), so memory is flat in the song's length and the model only
+  sees training-sized inputs; :meth:`Codec.reconstruct` is its identity;
+- :meth:`Codec.latent_stats` and :meth:`Codec.folder_latent_stats`: the
+  :class:`~utils.latent_stats.LatentStats` of songs or of a folder of songs, streamed over their
+  aligned, non-overlapping patches.
+
+Units: audio is mono float32 samples at ``config.sampling_rate`` Hz; features are normalised
+``(T, W, C)`` arrays (T in STFT frames or folded samples); latents are whitened (~N(0, 1) under
+the model); log-determinants are in nats. This module imports no training code and not
+:mod:`utils.run_folder` (which imports it).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from common_definitions import Config
+from utils.audio import AudioError, check_audio
+from utils.features import FeatureStats, SongFeatures, features_to_song, song_to_features
+from utils.latent_stats import LatentStats
+from utils.migration_methods import MigrationError
+from utils.song_chunks import (
+    batched,
+    default_chunking,
+    iter_patches,
+    iter_segments,
+    render_in_segments,
+    segment_lengths,
+    transform_features,
+)
+from utils.song_folders import iter_folder_songs
+
+# A latent move: chunk latents (B, D) float32 -> moved latents of the same shape.
+LatentMove = Callable[[np.ndarray], np.ndarray]
+# A feature bound: (decoded (T, W, C), source (T, W, C)) -> bounded (T, W, C), all normalised.
+FeatureBound = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class EncodedSong(NamedTuple):
+    """A whole song encoded in one model call (:meth:`Codec.encode`).
+
+    z: (D,) float32 whitened latent of ``song.x``; ``D = T * W * C``.
+    logdet: log|det dz/dx| of the whole map, in nats.
+    song: the normalised features ``x (T, W, C)``, their phase and the song's lengths: what
+        :meth:`Codec.decode` needs to give the samples back.
+    """
+
+    z: np.ndarray
+    logdet: float
+    song: SongFeatures
+
+    @property
+    def bits_per_dim(self) -> float:
+        """``-log p(x) / (D ln 2)`` of the song's features, ``log p = sum log N(z; 0, 1) +
+        logdet`` (the model's :meth:`~model.Glow.bits_per_dim`, without a second encode)."""
+        z = self.z.astype(np.float64)
+        log_prob = -0.5 * float(np.dot(z, z)) - 0.5 * z.size * math.log(2 * math.pi) + self.logdet
+        return -log_prob / (z.size * math.log(2.0))
+
+
+class Codec:
+    """A trained model, the Config it was built from and its feature normalisation.
+
+    Args:
+        model: a :class:`model.Glow` (``encode`` x (B, H, W, C) -> (z (B, D), logdet (B,)),
+            ``decode`` its inverse, ``latent_shapes``); ActNorm initialised or restored.
+        config: the Config ``model`` was built from (rate, STFT, patch length).
+        stats: the normalisation the model was trained with (``feature_stats.json``).
+    """
+
+    def __init__(self, model, config: Config, stats: FeatureStats):
+        self.model = model
+        self.config = config
+        self.stats = stats
+
+    def __repr__(self) -> str:
+        config = self.config
+        return (f"Codec({config.feature}, {config.sampling_rate} Hz, patches "
+                f"{config.input_shape}, K={config.k_glow} L={config.l_glow})")
+
+    @property
+    def latent_shapes(self):
+        """``(w_l, c_l)`` per level: the layout of z (:func:`utils.latent_stats.piece_shapes`)."""
+        return self.model.latent_shapes
+
+    # ---------------------------------------------------------------- features
+    def features(self, samples: np.ndarray) -> SongFeatures:
+        """Normalised features of a whole song ``samples (N,)``, with its phase
+        (:func:`utils.features.song_to_features`)."""
+        return song_to_features(samples, self.config, self.stats)
+
+    def to_audio(self, x: np.ndarray, song: Optional[SongFeatures] = None,
+                 use_phase: bool = True) -> np.ndarray:
+        """Samples ``(N,)`` float32 from normalised features ``x (T, W, C)``; with ``song`` (what
+        ``x`` came from) its length and, unless ``use_phase`` is False, its phase
+        (:func:`utils.features.features_to_song`; Griffin-Lim otherwise)."""
+        return features_to_song(x, self.config, self.stats, song=song, use_phase=use_phase)
+
+    def check(self, samples: np.ndarray, name: str = "source", warn_short: bool = True
+              ) -> np.ndarray:
+        """Validate a song to encode; returns it as float32 ``(N,)``.
+
+        Non-finite, empty or silent audio raises :class:`utils.audio.AudioError` (one line). A
+        song shorter than one patch is accepted, with a warning naming it ``name`` unless
+        ``warn_short`` is False (a caller that only wants to fail early, before
+        :meth:`transform` checks and warns): it is padded (by repeating it backwards) to one
+        chunk for encoding and cut back afterwards.
+        """
+        config = self.config
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if samples.size == 0:
+            raise AudioError("no audio samples")
+        short = len(samples) < config.patch_samples
+        # check_audio also refuses songs shorter than a patch; zero padding keeps its other checks.
+        check_audio(np.pad(samples, (0, config.patch_samples - len(samples))) if short
+                    else samples, config)
+        if short and warn_short:
+            warnings.warn(
+                f"{name} is shorter than one patch ({len(samples) / config.sampling_rate:.2f} s "
+                f"< {config.patch_seconds:.2f} s); it is padded for encoding and cut back "
+                "afterwards", stacklevel=2)
+        return samples
+
+    # ---------------------------------------------------------------- the whole song at once
+    def encode(self, samples: np.ndarray) -> EncodedSong:
+        """Encode a whole song ``samples (N,)`` in one model call.
+
+        Memory grows with the song's length (every activation of every time step at once); for
+        long songs use :meth:`transform`, which works in segments and chunks.
+        """
+        song = self.features(samples)
+        z, logdet = self.model.encode(song.x[None])
+        return EncodedSong(z.numpy()[0], float(logdet.numpy()[0]), song)
+
+    def decode(self, z: np.ndarray, song: SongFeatures, use_phase: bool = True) -> np.ndarray:
+        """Samples ``(N,)`` float32 of a whole-song latent ``z (D,)`` laid out like
+        :meth:`encode`'s for ``song``; with the source phase (``use_phase``) ``decode(encode(s))``
+        is ``s`` to float32 precision, else the magnitudes are inverted with Griffin-Lim."""
+        x = self.model.decode(np.asarray(z, np.float32).reshape(1, -1)).numpy()[0]
+        return self.to_audio(x, song, use_phase=use_phase)
+
+    # ---------------------------------------------------------------- segments and chunks
+    def transform(
+        self,
+        samples: np.ndarray,
+        move: Optional[LatentMove],
+        *,
+        bound: Optional[FeatureBound] = None,
+        griffin_lim: bool = False,
+        chunk_steps: Optional[int] = None,
+        overlap_steps: Optional[int] = None,
+        batch_size: int = 8,
+        segment_seconds: Optional[float] = None,
+        segment_overlap_seconds: Optional[float] = None,
+    ) -> np.ndarray:
+        """encode -> ``move(z)`` -> decode a whole song; returns ``(N,)`` float32 samples.
+
+        Per audio segment (:func:`~utils.song_chunks.render_in_segments`): features with the
+        segment's phase -> encode, move, decode in crossfaded chunks
+        (:func:`~utils.song_chunks.transform_features`) -> ``bound`` -> audio with the segment's
+        phase (or Griffin-Lim).
+
+        Args:
+            samples: ``(N,)`` audio at ``config.sampling_rate`` Hz, validated by :meth:`check`
+                (a song shorter than a patch is accepted with a warning).
+            move: chunk latents ``(B, D)`` float32 -> moved latents of the same shape, each a
+                chunk of ``chunk_steps`` time steps; ``None`` is the identity.
+            bound: ``(decoded, source)`` normalised features ``(T, W, C)`` of a segment ->
+                what is turned into audio (e.g. :func:`utils.migration.bound_features`).
+            griffin_lim: invert spectrograms with Griffin-Lim instead of the source phase.
+            chunk_steps, overlap_steps: feature chunking (defaults:
+                :func:`~utils.song_chunks.default_chunking`).
+            batch_size: chunks per model call; bounds the model's memory.
+            segment_seconds, segment_overlap_seconds: audio segmentation (defaults
+                :data:`~utils.song_chunks.SEGMENT_SECONDS`,
+                :data:`~utils.song_chunks.SEGMENT_OVERLAP_SECONDS`).
+
+        Returns:
+            exactly ``N`` samples; with ``move=None`` and the source phase, the song to float32
+            precision.
+        """
+        samples = self.check(samples)
+        segment, overlap = segment_lengths(self.config, segment_seconds, segment_overlap_seconds)
+        chunk, chunk_overlap = default_chunking(self.config, chunk_steps, overlap_steps)
+
+        def render(piece: np.ndarray) -> np.ndarray:
+            song = self.features(piece)
+            x = transform_features(self.model, song.x, move, chunk, chunk_overlap, batch_size)
+            if bound is not None:
+                x = bound(x, song.x)
+            return self.to_audio(x, song, use_phase=not griffin_lim)
+
+        return render_in_segments(samples, segment, overlap, render)
+
+    def reconstruct(self, samples: np.ndarray, **chunking) -> np.ndarray:
+        """decode(encode(song)) through the same segments and chunks as :meth:`transform` (whose
+        keyword arguments ``chunking`` takes), with the source phase: ``(N,)`` float32. Measures
+        how exactly the model and the stitching invert (the source to float32 precision)."""
+        return self.transform(samples, None, **chunking)
+
+    # ---------------------------------------------------------------- latents of aligned patches
+    def patch_latents(self, samples: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """Whitened latents ``(P, D)`` of a song's aligned, non-overlapping patches of
+        ``config.window_size`` steps (:func:`~utils.song_chunks.iter_patches`: the incomplete
+        tail is dropped; a song shorter than a patch gives one padded patch)."""
+        song = self.features(samples)
+        patches = iter_patches(song.x[:max(song.num_steps, 1)], self.config.input_shape[0])
+        return np.concatenate([self.model.encode(batch)[0].numpy()
+                               for batch in batched(patches, batch_size)])
+
+    def patch_latent_stats(self, batches: Iterable, stats: Optional[LatentStats] = None
+                           ) -> LatentStats:
+        """Stream batches of normalised patches ``(B, H, W, C)`` (numpy or tensors, e.g.
+        ``Records.evaluation_dataset(stats=codec.stats)``) through the model into
+        :class:`LatentStats`; ``stats`` continues an existing accumulation."""
+        stats = stats if stats is not None else LatentStats(self.config, self.latent_shapes)
+        for batch in batches:
+            batch = np.asarray(batch, dtype=np.float32)
+            z, _ = self.model.encode(batch)
+            stats.update(z.numpy(), batch.shape[1])
+            stats.update_features(batch)
+        return stats
+
+    def feature_latent_stats(self, features: Iterable[np.ndarray], batch_size: int = 16,
+                             stats: Optional[LatentStats] = None) -> LatentStats:
+        """:class:`LatentStats` of songs given as normalised ``(T, W, C)`` features, over their
+        aligned non-overlapping patches of ``config.window_size`` steps."""
+        patch_steps = self.config.input_shape[0]
+        patches = (p for x in features for p in iter_patches(x, patch_steps))
+        return self.patch_latent_stats(batched(patches, batch_size), stats)
+
+    def latent_stats(self, songs: Iterable[np.ndarray], batch_size: int = 16,
+                     segment_seconds: Optional[float] = None) -> LatentStats:
+        """:class:`LatentStats` of songs given as samples ``(N,)`` at ``config.sampling_rate``.
+
+        Each song is featurised one disjoint segment at a time
+        (:func:`~utils.song_chunks.iter_segments`), so memory does not grow with its length.
+        """
+        segment, _ = segment_lengths(self.config, segment_seconds, overlap_seconds=0.0)
+        features = (self.features(piece) for samples in songs
+                    for piece in iter_segments(samples, segment))
+        return self.feature_latent_stats((f.x[:max(f.num_steps, 1)] for f in features),
+                                         batch_size)
+
+    def folder_songs(self, folder: str, on_skip: Optional[Callable[[str, str], None]] = None
+                     ) -> Iterator[Tuple[str, np.ndarray]]:
+        """``(path, samples)`` of every song under ``folder`` usable at this Config
+        (:func:`utils.song_folders.iter_folder_songs`; others go to ``on_skip(path, reason)``)."""
+        return iter_folder_songs(folder, self.config, on_skip)
+
+    def folder_latent_stats(self, folder: str, batch_size: int = 16,
+                            on_skip: Optional[Callable[[str, str], None]] = None) -> LatentStats:
+        """:class:`LatentStats` of every usable song under ``folder`` (see :meth:`folder_songs`).
+
+        Raises:
+            MigrationError: the folder is missing, holds no audio, or no usable song.
+        """
+        songs = (samples for _, samples in self.folder_songs(folder, on_skip))
+        stats = self.latent_stats(songs, batch_size)
+        if stats.empty:
+            raise MigrationError(f"no usable song under {folder}")
+        return stats
