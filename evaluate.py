@@ -1,7 +1,7 @@
 """Evaluate a trained SinGlow checkpoint: likelihood, exactness and feature migration.
 
     python evaluate.py --checkpoint_dir CK --virtual DIR --real DIR \\
-        [--methods midpoint shift match] [--strengths 0 0.5 1] [--songs N] \\
+        [--methods midpoint shift match eq convert] [--strengths 0 0.5 1] [--songs N] \\
         [--heldout PATH] [--reference_stats S.npz] --json OUT.json
 
 Reports
@@ -11,10 +11,17 @@ Reports
 - reconstruction: SNR and log-spectral distance (dB) of decode(encode(song)) against the song,
   through the same chunked whole-song path as migration, with the source phase;
 - migration, for every method x strength, averaged over the last ``--songs`` virtual songs:
-  P(real) of the source and of the migrated song by a :class:`utils.metrics.SingerClassifier`
-  fitted on the other virtual songs and the real songs (the evaluated songs are held out of it),
-  raw pitch accuracy and median cent error of the migrated song's pitch against the source's, and
-  SNR / log-spectral distance against the source.
+  P(real) of the source and of the migrated song by two judges fitted on the other virtual songs
+  and the real songs (the evaluated songs are held out of both): a per-second MFCC-statistics
+  classifier (:class:`utils.metrics.SingerClassifier`) and a frame-level one (one GMM per singer
+  on frame MFCCs + deltas, :class:`utils.frame_judge.FrameJudge`: the share of frames judged the
+  real singer's); raw pitch accuracy and median cent error of the migrated song's pitch against
+  the source's, and SNR / log-spectral distance against the source. The methods are the latent
+  moves, ``eq`` (the no-model baseline every method is measured against) and, for a
+  singer-conditional checkpoint, ``convert`` to the ``--real`` folder's singer; a summary line per
+  method gives its best P(real) by both judges at raw pitch accuracy >= 0.9;
+- for a conditional checkpoint, the accuracy of the flow as a singer classifier (the singer under
+  whom each evaluated virtual song and each real song is most likely).
 
 The reference statistics are those of all ``--real`` songs (or ``--reference_stats``); the source
 statistics of ``shift`` and ``match`` are each song's own, as ``migrate.py`` does by default.
@@ -36,7 +43,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Se
 
 from utils.cli import CliError, OneLineArgumentParser, finite_float, print_warning, run_cli
 from utils.files import atomic_write_text
-from utils.migration_methods import METHOD_NAMES
+from utils.migration_methods import LATENT_METHODS, METHOD_NAMES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -55,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint_dir", required=True, help="trained checkpoint")
     parser.add_argument("--virtual", required=True, help="folder of the source singer's songs")
     parser.add_argument("--real", required=True, help="folder of the reference singer's songs")
-    parser.add_argument("--methods", nargs="+", choices=METHOD_NAMES, default=list(METHOD_NAMES))
+    parser.add_argument("--methods", nargs="+", choices=METHOD_NAMES,
+                        help="default: every method the checkpoint supports (convert needs a "
+                             "conditional one)")
     parser.add_argument("--strengths", nargs="+", type=finite_float, default=[0.0, 0.5, 1.0])
     parser.add_argument("--songs", type=int, default=3,
                         help="virtual songs to migrate, the last ones in name order "
@@ -117,35 +126,52 @@ def reconstruction_metrics(codec: "Codec", samples: np.ndarray) -> Dict[str, flo
             "lsd_db": log_spectral_distance(samples, rebuilt, codec.config.sampling_rate)}
 
 
-def evaluate_migration(codec: "Codec", sources: Sequence[np.ndarray], reference: "LatentStats",
-                       classifier, methods: Sequence[str], strengths: Sequence[float],
+# Raw pitch accuracy a migrated song must keep for its judges' verdict to count as a success.
+MIN_PITCH_ACCURACY = 0.9
+
+
+class Judges(NamedTuple):
+    """The two outside judges of singer likeness, fitted on songs they do not score: ``clip``
+    scores per-second MFCC statistics, ``frames`` every frame on its own."""
+
+    clip: object  # utils.metrics.SingerClassifier
+    frames: object  # utils.frame_judge.FrameJudge
+
+
+def evaluate_migration(codec: "Codec", sources: Sequence[np.ndarray], targets: Dict[str, object],
+                       judges: Judges, methods: Sequence[str], strengths: Sequence[float],
                        reference_label: str = REAL) -> List[dict]:
     """Migrate every source with every method x strength and score the result.
 
-    Returns one dict per (method, strength) with the means over sources of
-    ``p_ref_source``, ``p_ref_migrated`` (P(reference_label) by ``classifier``),
+    ``targets`` maps each method to its :class:`utils.migration.MigrationTarget`. Returns one
+    dict per (method, strength) with the means over sources of ``p_ref_source``,
+    ``p_ref_migrated`` (P(reference_label) by the per-second judge), ``frames_ref_source``,
+    ``frames_ref_migrated`` (share of frames the frame judge gives ``reference_label``),
     ``raw_pitch_accuracy``, ``median_abs_cents``, ``snr_db``, ``lsd_db`` and ``per_song`` lists.
     """
     from utils.metrics import compare_pitch, log_spectral_distance, pitch_track, snr_db
-    from utils.migration import migrate_song
+    from utils.migration import migrate
 
     rate = codec.config.sampling_rate
     source_pitch = [pitch_track(s, rate)[0] for s in sources]
-    source_p = [classifier.probability(s, reference_label, rate) for s in sources]
+    source_p = [judges.clip.probability(s, reference_label, rate) for s in sources]
+    source_frames = [judges.frames.probability(s, reference_label) for s in sources]
     own_stats = [None] * len(sources)
     rows = []
     for method in methods:
         for strength in strengths:
             per_song = []
             for index, samples in enumerate(sources):
-                result = migrate_song(codec, samples, method, strength, reference,
-                                      source_stats=own_stats[index])
+                result = migrate(codec, samples, method, strength, targets[method],
+                                 source_stats=own_stats[index])
                 own_stats[index] = own_stats[index] or result.source_stats
                 out = result.samples
                 pitch = compare_pitch(source_pitch[index], pitch_track(out, rate)[0])
                 per_song.append({
                     "p_ref_source": source_p[index],
-                    "p_ref_migrated": classifier.probability(out, reference_label, rate),
+                    "p_ref_migrated": judges.clip.probability(out, reference_label, rate),
+                    "frames_ref_source": source_frames[index],
+                    "frames_ref_migrated": judges.frames.probability(out, reference_label),
                     "raw_pitch_accuracy": pitch["raw_pitch_accuracy"],
                     "median_abs_cents": pitch["median_abs_cents"],
                     "voicing_recall": pitch["voicing_recall"],
@@ -160,17 +186,49 @@ def evaluate_migration(codec: "Codec", sources: Sequence[np.ndarray], reference:
     return rows
 
 
+def best_rows(rows: Sequence[dict], min_pitch: float = MIN_PITCH_ACCURACY) -> Dict[str, dict]:
+    """Per method, the row (strength) whose weaker judge gives the highest P(reference) among the
+    rows with raw pitch accuracy >= ``min_pitch``; a method with no such row is left out."""
+    best: Dict[str, dict] = {}
+    for row in rows:
+        if not row["raw_pitch_accuracy"] >= min_pitch:
+            continue
+        score = min(row["p_ref_migrated"], row["frames_ref_migrated"])
+        held = best.get(row["method"])
+        if held is None or score > min(held["p_ref_migrated"], held["frames_ref_migrated"]):
+            best[row["method"]] = row
+    return best
+
+
 # ----------------------------------------------------------------------------- report
 def format_table(rows: Sequence[dict], reference_label: str = REAL) -> str:
     header = (f"{'method':<9} {'strength':>8}  {'P(' + reference_label + ') src -> mig':>22}  "
-              f"{'pitch acc':>9}  {'med cents':>9}  {'SNR dB':>7}  {'LSD dB':>7}")
+              f"{'frames src -> mig':>18}  {'pitch acc':>9}  {'med cents':>9}  {'SNR dB':>7}  "
+              f"{'LSD dB':>7}")
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(
             f"{row['method']:<9} {row['strength']:>8g}  "
             f"{row['p_ref_source']:>11.3f} -> {row['p_ref_migrated']:<7.3f}  "
+            f"{row['frames_ref_source']:>7.3f} -> {row['frames_ref_migrated']:<7.3f}  "
             f"{row['raw_pitch_accuracy']:>9.3f}  {row['median_abs_cents']:>9.1f}  "
             f"{row['snr_db']:>7.1f}  {row['lsd_db']:>7.2f}")
+    return "\n".join(lines)
+
+
+def format_summary(best: Dict[str, dict], methods: Sequence[str],
+                   reference_label: str = REAL) -> str:
+    """One line per method: its best P(reference) by both judges at pitch accuracy >= 0.9."""
+    lines = [f"best P({reference_label}) at raw pitch accuracy >= {MIN_PITCH_ACCURACY:g} "
+             "(per-second judge / frame judge):"]
+    for method in methods:
+        row = best.get(method)
+        if row is None:
+            lines.append(f"  {method:<9} none of its strengths keeps the pitch")
+            continue
+        lines.append(f"  {method:<9} {row['p_ref_migrated']:.3f} / {row['frames_ref_migrated']:.3f}"
+                     f" at strength {row['strength']:g} (pitch accuracy "
+                     f"{row['raw_pitch_accuracy']:.3f})")
     return "\n".join(lines)
 
 
@@ -255,17 +313,37 @@ def prepare(args: argparse.Namespace) -> Prepared:
     reference = None
     if args.reference_stats:
         reference = LatentStats.load(args.reference_stats, codec.config)
+    if args.methods is None:  # every method this checkpoint supports
+        args.methods = [m for m in METHOD_NAMES if m != "convert" or codec.singers]
+    if "convert" in args.methods:
+        # The target is the --real folder's singer: refused on an unconditional checkpoint or
+        # when the checkpoint does not know it.
+        codec.singer_id(_label(args.real))
     return Prepared(args, codec, reference, started)
+
+
+def _label(folder: str) -> str:
+    """A folder's singer name: its own name, as the records label its songs."""
+    return os.path.basename(os.path.normpath(os.path.abspath(folder)))
 
 
 def work(prepared: Prepared) -> dict:
     """Evaluate; prints the table, writes ``--json`` and returns the results."""
+    from utils.eq_baseline import song_bin_stats
+    from utils.frame_judge import FrameJudge
     from utils.metrics import SingerClassifier
+    from utils.migration import MigrationTarget
 
     args, codec = prepared.args, prepared.codec
     config = codec.config
     virtual = _load_folder(codec, args.virtual, VIRTUAL)
     real = _load_folder(codec, args.real, REAL)
+    flow_classifier = None
+    if codec.singers:
+        flow_classifier = _flow_classifier(codec, args, virtual[-args.songs:], real)
+        # The virtual songs are encoded under their singer: the folder's, else the most likely.
+        codec = codec.with_singer(_label(args.virtual) if _label(args.virtual) in codec.singers
+                                  else flow_classifier["virtual_singer"])
 
     count = min(args.songs, len(virtual))
     evaluated, rest = virtual[-count:], virtual[:-count]
@@ -274,24 +352,33 @@ def work(prepared: Prepared) -> dict:
         print_warning(PROG, "every virtual song is evaluated, so the singer classifier is "
                             "fitted on them too (in-sample scores)")
         rest = virtual
-    classifier = SingerClassifier().fit(
-        {VIRTUAL: [s for _, s in rest], REAL: [s for _, s in real]}, config.sampling_rate)
+    judged = {VIRTUAL: [s for _, s in rest], REAL: [s for _, s in real]}
+    judges = Judges(SingerClassifier().fit(judged, config.sampling_rate),
+                    FrameJudge().fit(judged, config.sampling_rate))
 
-    reference = prepared.reference
-    if reference is None:
-        reference = codec.latent_stats((s for _, s in real), args.batch_size)
+    target = MigrationTarget(singer=_label(args.real) if codec.singers else None)
+    if any(m in LATENT_METHODS for m in args.methods):
+        target.latent = prepared.reference
+        if target.latent is None:
+            target.latent = codec.latent_stats((s for _, s in real), args.batch_size)
+    if "eq" in args.methods:
+        target.bins = song_bin_stats((s for _, s in real), config)
 
     heldout = _heldout(codec, args.heldout, virtual + real, args.batch_size)
     sources = [s for _, s in evaluated]
     recon = [reconstruction_metrics(codec, s) for s in sources]
-    rows = evaluate_migration(codec, sources, reference, classifier, args.methods,
-                              args.strengths)
+    rows = evaluate_migration(codec, sources, {m: target for m in args.methods}, judges,
+                              args.methods, args.strengths)
+    best = best_rows(rows)
     results = {
         "checkpoint_dir": os.path.abspath(args.checkpoint_dir),
         "config": config.to_dict(),
         "evaluated_songs": [p for p, _ in evaluated],
         "classifier": {"labels": [VIRTUAL, REAL], "virtual_songs": len(rest),
                        "real_songs": len(real), "in_sample": in_sample},
+        "judges": {"per_second": "utils.metrics.SingerClassifier",
+                   "frames": "utils.frame_judge.FrameJudge"},
+        "flow_classifier": flow_classifier,
         "reference": args.reference_stats or os.path.abspath(args.real),
         "heldout": heldout,
         "reconstruction": {
@@ -300,15 +387,39 @@ def work(prepared: Prepared) -> dict:
             "per_song": recon,
         },
         "migration": rows,
+        "best_at_pitch_accuracy_0.9": {m: {"strength": r["strength"],
+                                           "p_ref_migrated": r["p_ref_migrated"],
+                                           "frames_ref_migrated": r["frames_ref_migrated"],
+                                           "raw_pitch_accuracy": r["raw_pitch_accuracy"]}
+                                       for m, r in best.items()},
         "seconds": time.perf_counter() - prepared.started,
     }
     print(format_table(rows))
+    print(format_summary(best, args.methods))
+    if flow_classifier is not None:
+        print(f"the flow as a singer classifier: accuracy {flow_classifier['accuracy']:.3f} over "
+              f"{flow_classifier['songs']} songs")
     print(f"held-out bits/dim {heldout['bits_per_dim']:.4f} over {heldout['patches']} patches "
           f"({heldout['source']}); reconstruction SNR {results['reconstruction']['snr_db']:.1f} dB,"
           f" LSD {results['reconstruction']['lsd_db']:.3f} dB")
     atomic_write_text(args.json, json.dumps(_json_safe(results), indent=1))
     print(f"wrote {args.json}")
     return results
+
+
+def _flow_classifier(codec: "Codec", args: argparse.Namespace, virtual, real) -> dict:
+    """Accuracy of a conditional flow as a singer classifier (argmin bits/dim over singers) on
+    the evaluated virtual songs and the real songs, each labelled by its folder's name."""
+    labelled = [(path, samples, _label(args.virtual)) for path, samples in virtual] + [
+        (path, samples, _label(args.real)) for path, samples in real]
+    predicted = [codec.classify(samples) for _, samples, _ in labelled]
+    votes = [p for p, (_, _, label) in zip(predicted, labelled) if label == _label(args.virtual)]
+    return {
+        "accuracy": float(np.mean([p == label for p, (_, _, label) in zip(predicted, labelled)])),
+        "songs": len(labelled),
+        "predicted": {path: p for p, (path, _, _) in zip(predicted, labelled)},
+        "virtual_singer": max(set(votes), key=votes.count),
+    }
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -1,14 +1,21 @@
-"""Migrate a song toward a reference set of songs in SinGlow's latent space.
+"""Migrate a song toward a reference set of songs, or convert it to another singer.
 
     python migrate.py --checkpoint_dir CK --source SONG --reference REF \\
-        --method {midpoint,shift,match} --strength A --output OUT.wav \\
+        --method {midpoint,shift,match,eq} --strength A --output OUT.wav \\
         [--source_stats S.npz] [--save_reference_stats PATH] [--griffin_lim]
+    python migrate.py --checkpoint_dir CK --source SONG --method convert \\
+        --target_singer NAME [--source_singer NAME] --strength A --output OUT.wav
 
-``REF`` is a folder of songs (searched recursively) or a statistics ``.npz`` saved by
-``--save_reference_stats``. ``shift`` and ``match`` also need the source's statistics: from
-``--source_stats`` (an ``.npz`` or a folder of songs) or, by default, from the source song itself.
-Strength 0 returns the source; strength 1 is the method's full move (see
-utils/migration_methods.py).
+``REF`` is a folder of songs (searched recursively) or, for the latent moves, a statistics
+``.npz`` saved by ``--save_reference_stats``. ``shift`` and ``match`` also need the source's
+statistics: from ``--source_stats`` (an ``.npz`` or a folder of songs) or, by default, from the
+source song itself. ``eq`` is the no-model baseline: per-frequency-bin moment matching of the
+log-STFT toward ``REF``'s songs, with the source phase. ``convert`` needs a singer-conditional
+checkpoint (``train.py --conditional``): it encodes under the source singer (``--source_singer``,
+or the singer under whom the song is most likely, which it names) and decodes under a
+conditioning moved by the strength toward ``--target_singer``. On a conditional checkpoint the
+latent moves work under the source singer too. Strength 0 returns the source; strength 1 is the
+method's full move (see utils/migration_methods.py).
 
 Writes ``OUT.wav`` (16-bit PCM at the model's rate, exactly as long as the source; scaled down
 with a warning if it would clip) and, beside it, ``OUT.png`` comparing the source and migrated
@@ -49,10 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint_dir", required=True,
                         help="trained checkpoint (config.json and feature_stats.json inside)")
     parser.add_argument("--source", required=True, help="the song to migrate (wav/mp3/flac/ogg)")
-    parser.add_argument("--reference", required=True,
-                        help="folder of reference songs, or a statistics .npz")
+    parser.add_argument("--reference",
+                        help="folder of reference songs, or a statistics .npz (every method but "
+                             "convert)")
     parser.add_argument("--method", choices=METHOD_NAMES, default="match",
-                        help="latent move (default %(default)s)")
+                        help="latent move, the no-model eq baseline, or convert (default "
+                             "%(default)s)")
+    parser.add_argument("--target_singer", metavar="NAME",
+                        help="convert: the singer to convert to (a name in the checkpoint's "
+                             "singers.json: a training folder's name)")
+    parser.add_argument("--source_singer", metavar="NAME",
+                        help="conditional checkpoints: the source's singer (default: the one "
+                             "under whom the song is most likely)")
     parser.add_argument("--strength", type=finite_float, default=1.0,
                         help="0 = the source, 1 = the method's full move (default %(default)s)")
     parser.add_argument("--output", required=True, help="output .wav; a .png goes beside it")
@@ -159,11 +174,12 @@ def spectrogram_figure(source, migrated, config, path: str, title: str) -> None:
 
 # ----------------------------------------------------------------------------- the CLI
 class Prepared(NamedTuple):
-    """What :func:`prepare` checked and loaded for :func:`work`."""
+    """What :func:`prepare` checked and loaded for :func:`work` (``reference`` is None for
+    ``convert``, a folder for ``eq``)."""
 
     args: argparse.Namespace
     codec: "Codec"
-    reference: StatsSource
+    reference: Optional[StatsSource]
     source_stats: Optional[StatsSource]
 
 
@@ -175,8 +191,21 @@ def check_paths(args: argparse.Namespace) -> None:
         raise CliError(f"checkpoint folder not found: {args.checkpoint_dir}")
     if not os.path.isfile(args.source):
         raise CliError(f"source song not found: {args.source}")
-    if not os.path.exists(args.reference):
+    if args.method == "convert":
+        if not args.target_singer:
+            raise CliError("--method convert needs --target_singer NAME")
+        if args.reference:
+            raise CliError("--method convert takes no --reference (it converts to "
+                           "--target_singer)")
+    elif not args.reference:
+        raise CliError(f"--method {args.method} needs --reference (a folder of songs"
+                       f"{'' if args.method == 'eq' else ' or a statistics .npz'})")
+    elif not os.path.exists(args.reference):
         raise CliError(f"reference not found: {args.reference}")
+    elif args.method == "eq" and not os.path.isdir(args.reference):
+        raise CliError(f"--method eq needs a folder of reference songs, got {args.reference}")
+    if args.target_singer and args.method != "convert":
+        raise CliError(f"--target_singer is for --method convert, not {args.method}")
     if args.source_stats and not os.path.exists(args.source_stats):
         raise CliError(f"source statistics not found: {args.source_stats}")
     if os.path.isdir(args.output):
@@ -196,7 +225,17 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
     codec = load_for_inference(args.checkpoint_dir)
     default_chunking(codec.config, args.chunk_steps, args.overlap_steps)
-    reference = open_stats(args.reference, codec, "reference")
+    for name in (args.target_singer, args.source_singer):
+        if name is not None:
+            codec.singer_id(name)  # refuses an unconditional checkpoint or an unknown name
+    reference = None
+    if args.method == "eq":
+        from utils.song_folders import list_audio
+
+        list_audio(args.reference)
+        reference = StatsSource("reference", None, args.reference)
+    elif args.reference:
+        reference = open_stats(args.reference, codec, "reference")
     source_stats = None
     if args.source_stats and NEEDS_SOURCE[args.method]:
         source_stats = open_stats(args.source_stats, codec, "source stats")
@@ -212,7 +251,7 @@ def work(prepared: Prepared) -> List[str]:
 
     from utils.audio import load_audio, save_wav
     from utils.metrics import snr_db
-    from utils.migration import migrate_song
+    from utils.migration import MigrationTarget, migrate
 
     args, codec = prepared.args, prepared.codec
     config = codec.config
@@ -223,16 +262,29 @@ def work(prepared: Prepared) -> List[str]:
     except ValueError as error:  # AudioError and MigrationError are ValueErrors
         raise CliError(f"source {args.source}: {error}") from None
 
-    reference = compute_stats(prepared.reference, codec)
-    if args.save_reference_stats:
-        reference.save(args.save_reference_stats)
-        print(f"saved reference statistics to {args.save_reference_stats}", file=sys.stderr)
+    if codec.singers:  # a conditional model encodes under the source's singer
+        source_singer = args.source_singer
+        if source_singer is None:
+            scores = codec.singer_scores(samples)
+            source_singer = min(scores, key=scores.get)
+            listed = ", ".join(f"{name} {bpd:.4f}" for name, bpd in scores.items())
+            print(f"source singer: {source_singer} (the most likely; bits/dim {listed})",
+                  file=sys.stderr)
+        codec = codec.with_singer(source_singer)
+    target = MigrationTarget(singer=args.target_singer)
+    if args.method == "eq":
+        target.bins = _bin_stats(prepared.reference.folder, codec)
+    elif prepared.reference is not None:
+        target.latent = compute_stats(prepared.reference, codec)
+        if args.save_reference_stats:
+            target.latent.save(args.save_reference_stats)
+            print(f"saved reference statistics to {args.save_reference_stats}", file=sys.stderr)
     source_stats = None
     if prepared.source_stats is not None:
         source_stats = compute_stats(prepared.source_stats, codec)
 
-    result = migrate_song(
-        codec, samples, args.method, args.strength, reference, source_stats=source_stats,
+    result = migrate(
+        codec, samples, args.method, args.strength, target, source_stats=source_stats,
         griffin_lim=args.griffin_lim, chunk_steps=args.chunk_steps,
         overlap_steps=args.overlap_steps, batch_size=args.batch_size)
     out = result.samples
@@ -249,6 +301,17 @@ def work(prepared: Prepared) -> List[str]:
     print(f"wrote {args.output} ({len(out) / config.sampling_rate:.2f} s, {args.method} at "
           f"strength {args.strength:g}, SNR vs source {snr:.1f} dB) and {figure}")
     return [args.output, figure]
+
+
+def _bin_stats(folder: str, codec: "Codec"):
+    """Per-bin log-STFT statistics of every usable song under ``folder`` (the ``eq`` target)."""
+    from utils.eq_baseline import song_bin_stats
+
+    def skipped(song_path: str, reason: str) -> None:
+        _warn(f"reference: skipping {song_path}: {reason}")
+
+    print(f"computing per-bin reference statistics over {folder} ...", file=sys.stderr)
+    return song_bin_stats((s for _, s in codec.folder_songs(folder, skipped)), codec.config)
 
 
 def _file_identity(path: str):

@@ -67,3 +67,86 @@ def test_resuming_keeps_the_singer_map_and_refuses_an_unknown_singer(
     # An unconditional run cannot resume a conditional checkpoint (a model field differs).
     with pytest.raises(CheckpointMismatch, match="conditional"):
         Trainer(copied.replace(conditional=False), progress=False)
+
+
+# ---------------------------------------------------------------------------------- inference
+TINY_RATE = Config().sampling_rate
+
+
+@pytest.fixture(scope="module")
+def song(demo_corpus):
+    from utils.audio import load_audio
+
+    return load_audio(os.path.join(demo_corpus.virtual, "song_00.wav"), TINY_RATE)
+
+
+def test_the_codec_of_a_conditional_run_converts_and_classifies(conditional_run, song):
+    from utils.metrics import snr_db
+    from utils.migration_methods import MigrationError
+    from utils.run_folder import load_for_inference
+
+    config, trainer, _ = conditional_run
+    codec = load_for_inference(config.checkpoint_dir)
+    assert codec.singers == ("real", "virtual") and codec.model.conditional
+    with pytest.raises(MigrationError, match="choose the singer"):
+        codec.reconstruct(song)
+    with pytest.raises(MigrationError, match="unknown singer 'nobody'; the checkpoint knows "
+                                             "real, virtual"):
+        codec.singer_id("nobody")
+    virtual = codec.with_singer("virtual")
+    assert snr_db(song, virtual.reconstruct(song)) >= 40.0
+    # Strength 0 decodes under the source's own conditioning: the source back.
+    assert snr_db(song, virtual.convert(song, "real", 0.0)) >= 40.0
+    converted = virtual.convert(song, "real", 1.0)
+    assert converted.shape == song.shape and np.isfinite(converted).all()
+    assert snr_db(song, converted) < 40.0  # decoding under the other singer changes the song
+    halfway = virtual.convert(song, "real", 0.5)
+    assert snr_db(song, halfway) > snr_db(song, converted) - 1.0
+    scores = codec.singer_scores(song)
+    assert set(scores) == {"real", "virtual"} and all(np.isfinite(list(scores.values())))
+    assert codec.classify(song) == min(scores, key=scores.get)
+
+
+def test_migrate_cli_converts_and_refuses_what_cannot_be_converted(
+        conditional_run, tiny_run, demo_corpus, song, tmp_path, capsys):
+    import migrate
+    from utils.audio import load_audio
+
+    config, _, _ = conditional_run
+    source = os.path.join(demo_corpus.virtual, "song_00.wav")
+    out = tmp_path / "converted.wav"
+    code = migrate.main(["--checkpoint_dir", config.checkpoint_dir, "--source", source,
+                         "--method", "convert", "--target_singer", "real", "--strength", "1",
+                         "--output", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "source singer: " in captured.err and "(the most likely; bits/dim" in captured.err
+    assert load_audio(str(out), TINY_RATE).shape == song.shape
+    assert os.path.isfile(tmp_path / "converted.png")
+
+    def refused(*flags):
+        code = migrate.main(["--source", source, "--output", str(tmp_path / "x.wav"), *flags])
+        errors = [line for line in capsys.readouterr().err.splitlines()
+                  if line.startswith("migrate.py: error:")]
+        assert code == 2 and len(errors) == 1
+        assert not os.path.exists(tmp_path / "x.wav")
+        return errors[0]
+
+    ck = ["--checkpoint_dir", config.checkpoint_dir]
+    line = refused(*ck, "--method", "convert", "--target_singer", "HUMAN")
+    assert "unknown singer 'HUMAN'; the checkpoint knows real, virtual" in line
+    line = refused(*ck, "--method", "convert", "--target_singer", "real",
+                   "--source_singer", "robot")
+    assert "unknown singer 'robot'" in line
+    assert "needs --target_singer" in refused(*ck, "--method", "convert")
+    line = refused("--checkpoint_dir", tiny_run.config.checkpoint_dir, "--method", "convert",
+                   "--target_singer", "real")
+    assert "not singer-conditional" in line
+    # The no-model baseline needs no conditional checkpoint, only reference songs.
+    code = migrate.main(["--checkpoint_dir", tiny_run.config.checkpoint_dir, "--source", source,
+                         "--method", "eq", "--reference", demo_corpus.real, "--strength", "0",
+                         "--output", str(tmp_path / "eq.wav")])
+    assert code == 0, capsys.readouterr().err
+    from utils.metrics import snr_db
+
+    assert snr_db(song, load_audio(str(tmp_path / "eq.wav"), TINY_RATE)) >= 40.0

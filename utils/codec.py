@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -80,17 +80,89 @@ class Codec:
             ``decode`` its inverse, ``latent_shapes``); ActNorm initialised or restored.
         config: the Config ``model`` was built from (rate, STFT, patch length).
         stats: the normalisation the model was trained with (``feature_stats.json``).
+        singers: a singer-conditional model's singer names in id order (``singers.json``);
+            empty for an unconditional model.
+        singer: for a conditional model, the singer every encode and decode is done under
+            (see :meth:`with_singer`); :meth:`convert` decodes under another one.
     """
 
-    def __init__(self, model, config: Config, stats: FeatureStats):
+    def __init__(self, model, config: Config, stats: FeatureStats, singers: Sequence[str] = (),
+                 singer: Optional[str] = None):
         self.model = model
         self.config = config
         self.stats = stats
+        self.singers: Tuple[str, ...] = tuple(singers)
+        if bool(self.singers) != bool(getattr(model, "conditional", False)):
+            raise MigrationError("a conditional model needs its singer map, an unconditional "
+                                 "one takes none")
+        self.singer = singer
+        self.condition = self.singer_condition(singer) if singer is not None else None
+
+    # ---------------------------------------------------------------- singers
+    def singer_id(self, name: str) -> int:
+        """The model's id of the singer ``name``.
+
+        Raises:
+            MigrationError: an unconditional model, or a name it does not know (the message
+                lists the known ones).
+        """
+        if not self.singers:
+            raise MigrationError("this checkpoint is not singer-conditional (it was trained "
+                                 "without --conditional): it has no singers to convert between")
+        if name not in self.singers:
+            raise MigrationError(f"unknown singer {name!r}; the checkpoint knows "
+                                 f"{', '.join(self.singers)}")
+        return self.singers.index(name)
+
+    def singer_condition(self, name: str) -> np.ndarray:
+        """The conditioning vector ``(singer_dims,)`` float32 of the singer ``name``."""
+        ids = np.array([self.singer_id(name)], np.int32)
+        return self.model.singer_condition(ids).numpy()[0]
+
+    def with_singer(self, name: str) -> "Codec":
+        """This codec with every encode and decode under the singer ``name`` (a conditional
+        model; its latent statistics and moves then live in that singer's coordinates)."""
+        return Codec(self.model, self.config, self.stats, self.singers, name)
+
+    def _need_condition(self) -> None:
+        if self.singers and self.condition is None:
+            raise MigrationError(f"this checkpoint is singer-conditional ({', '.join(self.singers)}):"
+                                 " choose the singer to encode under")
+
+    def _batch_condition(self, batch: int):
+        self._need_condition()
+        if self.condition is None:
+            return None
+        return np.repeat(self.condition[None], batch, axis=0)
+
+    def singer_scores(self, samples: np.ndarray, batch_size: int = 16) -> Dict[str, float]:
+        """``{singer: bits/dim}`` of a song's aligned patches under each singer of a conditional
+        model (lower: more likely). A flow is a classifier for free: the song's singer is the
+        argmin (:meth:`classify`)."""
+        if not self.singers:
+            self.singer_id("")  # refuses, naming why
+        song = self.features(samples)
+        patches = list(iter_patches(song.x[:max(song.num_steps, 1)], self.config.input_shape[0]))
+        dims = float(np.prod(self.config.input_shape))
+        scores = {}
+        for index, name in enumerate(self.singers):
+            log_prob = np.concatenate([
+                self.model.log_prob(batch, np.full(len(batch), index, np.int32)).numpy()
+                for batch in batched(iter(patches), batch_size)]).astype(np.float64)
+            scores[name] = float(np.mean(-log_prob / (dims * math.log(2.0))))
+        return scores
+
+    def classify(self, samples: np.ndarray) -> str:
+        """The singer under whom the song is most likely (:meth:`singer_scores`)."""
+        scores = self.singer_scores(samples)
+        return min(scores, key=scores.get)
 
     def __repr__(self) -> str:
         config = self.config
+        singers = f", singers {', '.join(self.singers)}" if self.singers else ""
+        under = f" under {self.singer}" if self.singer else ""
         return (f"Codec({config.feature}, {config.sampling_rate} Hz, patches "
-                f"{config.input_shape}, K={config.k_glow} L={config.l_glow})")
+                f"{config.input_shape}, K={config.k_glow} L={config.l_glow}{singers}{under})")
 
     @property
     def latent_shapes(self):
@@ -143,14 +215,15 @@ class Codec:
         long songs use :meth:`transform`, which works in segments and chunks.
         """
         song = self.features(samples)
-        z, logdet = self.model.encode(song.x[None])
+        z, logdet = self.model.encode(song.x[None], self._batch_condition(1))
         return EncodedSong(z.numpy()[0], float(logdet.numpy()[0]), song)
 
     def decode(self, z: np.ndarray, song: SongFeatures, use_phase: bool = True) -> np.ndarray:
         """Samples ``(N,)`` float32 of a whole-song latent ``z (D,)`` laid out like
         :meth:`encode`'s for ``song``; with the source phase (``use_phase``) ``decode(encode(s))``
         is ``s`` to float32 precision, else the magnitudes are inverted with Griffin-Lim."""
-        x = self.model.decode(np.asarray(z, np.float32).reshape(1, -1)).numpy()[0]
+        x = self.model.decode(np.asarray(z, np.float32).reshape(1, -1),
+                              self._batch_condition(1)).numpy()[0]
         return self.to_audio(x, song, use_phase=use_phase)
 
     # ---------------------------------------------------------------- segments and chunks
@@ -166,6 +239,7 @@ class Codec:
         batch_size: int = 8,
         segment_seconds: Optional[float] = None,
         segment_overlap_seconds: Optional[float] = None,
+        decode_condition: Optional[np.ndarray] = None,
     ) -> np.ndarray:
         """encode -> ``move(z)`` -> decode a whole song; returns ``(N,)`` float32 samples.
 
@@ -188,18 +262,23 @@ class Codec:
             segment_seconds, segment_overlap_seconds: audio segmentation (defaults
                 :data:`~utils.song_chunks.SEGMENT_SECONDS`,
                 :data:`~utils.song_chunks.SEGMENT_OVERLAP_SECONDS`).
+            decode_condition: a conditional model's conditioning vector ``(singer_dims,)`` to
+                decode under instead of :attr:`singer`'s (what :meth:`convert` does).
 
         Returns:
             exactly ``N`` samples; with ``move=None`` and the source phase, the song to float32
             precision.
         """
+        self._need_condition()
+        decode_condition = self.condition if decode_condition is None else decode_condition
         samples = self.check(samples)
         segment, overlap = segment_lengths(self.config, segment_seconds, segment_overlap_seconds)
         chunk, chunk_overlap = default_chunking(self.config, chunk_steps, overlap_steps)
 
         def render(piece: np.ndarray) -> np.ndarray:
             song = self.features(piece)
-            x = transform_features(self.model, song.x, move, chunk, chunk_overlap, batch_size)
+            x = transform_features(self.model, song.x, move, chunk, chunk_overlap, batch_size,
+                                   self.condition, decode_condition)
             if bound is not None:
                 x = bound(x, song.x)
             return self.to_audio(x, song, use_phase=not griffin_lim)
@@ -212,6 +291,25 @@ class Codec:
         how exactly the model and the stitching invert (the source to float32 precision)."""
         return self.transform(samples, None, **chunking)
 
+    def convert(self, samples: np.ndarray, target: str, strength: float = 1.0,
+                **chunking) -> np.ndarray:
+        """Singer conversion: encode under this codec's :attr:`singer`, decode under
+        ``(1 - strength) * c_source + strength * c_target``, the conditioning vectors of the
+        two singers; ``(N,)`` float32 with the source phase (``chunking``: :meth:`transform`'s
+        keywords). Strength 0 is :meth:`reconstruct` (the source to float32 precision), 1 the
+        target singer, values between move the conditioning along the line joining them.
+        Decoded values that are not finite are replaced by the source's."""
+        self._need_condition()
+        if self.singer is None:
+            raise MigrationError("convert needs a singer-conditional checkpoint")
+        mix = ((1.0 - float(strength)) * self.condition
+               + float(strength) * self.singer_condition(target)).astype(np.float32)
+
+        def finite(decoded: np.ndarray, source: np.ndarray) -> np.ndarray:
+            return np.where(np.isfinite(decoded), decoded, source).astype(np.float32)
+
+        return self.transform(samples, None, bound=finite, decode_condition=mix, **chunking)
+
     # ---------------------------------------------------------------- latents of aligned patches
     def patch_latents(self, samples: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """Whitened latents ``(P, D)`` of a song's aligned, non-overlapping patches of
@@ -219,8 +317,8 @@ class Codec:
         tail is dropped; a song shorter than a patch gives one padded patch)."""
         song = self.features(samples)
         patches = iter_patches(song.x[:max(song.num_steps, 1)], self.config.input_shape[0])
-        return np.concatenate([self.model.encode(batch)[0].numpy()
-                               for batch in batched(patches, batch_size)])
+        return np.concatenate([self.model.encode(batch, self._batch_condition(len(batch)))[0]
+                               .numpy() for batch in batched(patches, batch_size)])
 
     def patch_latent_stats(self, batches: Iterable, stats: Optional[LatentStats] = None
                            ) -> LatentStats:
@@ -230,7 +328,7 @@ class Codec:
         stats = stats if stats is not None else LatentStats(self.config, self.latent_shapes)
         for batch in batches:
             batch = np.asarray(batch, dtype=np.float32)
-            z, _ = self.model.encode(batch)
+            z, _ = self.model.encode(batch, self._batch_condition(len(batch)))
             stats.update(z.numpy(), batch.shape[1])
             stats.update_features(batch)
         return stats

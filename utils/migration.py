@@ -12,23 +12,36 @@ pieces live in their own modules:
 - :mod:`utils.codec`: the model with its Config and normalisation, which does the chunked
   encode -> move -> decode (:meth:`~utils.codec.Codec.transform`).
 
-This module joins them: :func:`migrate_song`, and :func:`bound_features`, which keeps decoded
-features inside the per-bin range of the source and the reference set (Glow's inverse can blow up
-on latents moved far from the data).
+This module joins them: :func:`migrate` runs any method of
+:data:`~utils.migration_methods.METHOD_NAMES` toward a :class:`MigrationTarget` (latent moves
+through :func:`migrate_song`, the no-model baseline ``eq`` through
+:func:`utils.eq_baseline.eq_song`, ``convert`` through :meth:`utils.codec.Codec.convert`), and
+:func:`bound_features` keeps the decoded features of a latent move inside the per-bin range of
+the source and the reference set (Glow's inverse can blow up on latents moved far from the
+data).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple, Optional
 
 import numpy as np
 
 from utils.codec import Codec
+from utils.eq_baseline import BinStats, eq_song
 from utils.latent_stats import LatentStats
-from utils.migration_methods import NEEDS_SOURCE, MigrationError, apply_method, check_method
+from utils.migration_methods import (
+    METHOD_NAMES,
+    NEEDS_SOURCE,
+    MigrationError,
+    apply_method,
+    check_method,
+)
 from utils.song_chunks import default_chunking, segment_lengths
 
-__all__ = ["MigrationError", "MigrationResult", "bound_features", "migrate_song"]
+__all__ = ["MigrationError", "MigrationResult", "MigrationTarget", "bound_features", "migrate",
+           "migrate_song"]
 
 
 def bound_features(features: np.ndarray, source: np.ndarray, reference: LatentStats
@@ -132,3 +145,46 @@ def migrate_song(
         overlap_steps=chunk_overlap, batch_size=batch_size, segment_seconds=segment_seconds,
         segment_overlap_seconds=segment_overlap_seconds)
     return MigrationResult(out, source_stats)
+
+
+@dataclasses.dataclass
+class MigrationTarget:
+    """What a method moves a song toward; each method uses one field.
+
+    latent: the reference set's :class:`LatentStats` (``midpoint``, ``shift``, ``match``), in
+        the codec's coordinates (a conditional codec's :attr:`~utils.codec.Codec.singer`).
+    bins: the reference set's per-bin log-STFT statistics (``eq``,
+        :func:`utils.eq_baseline.song_bin_stats`).
+    singer: the singer to convert to (``convert``; the codec encodes under its own singer).
+    """
+
+    latent: Optional[LatentStats] = None
+    bins: Optional[BinStats] = None
+    singer: Optional[str] = None
+
+
+def migrate(codec: Codec, samples: np.ndarray, method: str, strength: float,
+            target: MigrationTarget, source_stats: Optional[LatentStats] = None,
+            **options) -> MigrationResult:
+    """Run ``method`` (any of :data:`~utils.migration_methods.METHOD_NAMES`) at ``strength`` on a
+    whole song ``samples (N,)``; strength 0 returns the source (to float32 precision).
+
+    ``options`` are :func:`migrate_song`'s keyword arguments (``griffin_lim``, chunking,
+    segments); ``eq`` works on the whole song's STFT and ignores them.
+
+    Raises:
+        MigrationError: an unknown method, or a target without what the method needs.
+    """
+    check_method(method, METHOD_NAMES)
+    if method == "eq":
+        if target.bins is None:
+            raise MigrationError("eq needs the per-bin statistics of a reference set")
+        samples = codec.check(samples)
+        return MigrationResult(eq_song(samples, codec.config, target.bins, strength), None)
+    if method == "convert":
+        if target.singer is None:
+            raise MigrationError("convert needs a target singer")
+        return MigrationResult(codec.convert(samples, target.singer, strength, **options), None)
+    if target.latent is None:
+        raise MigrationError(f"{method} needs the latent statistics of a reference set")
+    return migrate_song(codec, samples, method, strength, target.latent, source_stats, **options)

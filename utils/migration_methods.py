@@ -8,8 +8,9 @@ a reference set; ``a`` is the strength, and strength 0 returns ``z`` bit for bit
 - ``match``:    ``z + a * (z_m - z)`` with ``z_m = mean_ref + (z - mean_src) * std_ref / std_src``,
   per-dimension moment matching: at ``a = 1`` the source set gets exactly the reference's moments.
 
-:data:`METHOD_NAMES` is the one list of the methods that move latents; ``migrate.py`` and
-``evaluate.py`` offer exactly these. This module imports only NumPy (no TensorFlow, nothing else
+:data:`METHOD_NAMES` is the one list of method names that ``migrate.py`` and ``evaluate.py``
+offer: these latent moves (:data:`LATENT_METHODS`), the no-model baseline ``eq`` and a
+conditional model's ``convert``. This module imports only NumPy (no TensorFlow, nothing else
 of the project but its error base class), so a CLI can build its flags from it before
 TensorFlow loads. It is also the bottom of the migration modules: :class:`MigrationError` and
 :class:`Moments`, the methods' input, live here.
@@ -70,15 +71,22 @@ METHODS: Dict[str, Callable[[np.ndarray, Optional[Moments], Moments, float], np.
     "shift": shift,
     "match": match,
 }
-NEEDS_SOURCE: Dict[str, bool] = {"midpoint": False, "shift": True, "match": True}
-# The one list of method names (in this order) that the CLIs offer and the notebooks sweep.
-METHOD_NAMES: Tuple[str, ...] = tuple(METHODS)
+NEEDS_SOURCE: Dict[str, bool] = {"midpoint": False, "shift": True, "match": True,
+                                 "eq": False, "convert": False}
+# The methods that move latents toward latent statistics (the functions above).
+LATENT_METHODS: Tuple[str, ...] = tuple(METHODS)
+# The one list of method names (in this order) that the CLIs offer and the notebooks sweep: the
+# latent moves, the no-model baseline ``eq`` (per-bin log-STFT moment matching,
+# utils/eq_baseline.py) and ``convert`` (a singer-conditional model decodes under another
+# singer, utils/codec.py).
+METHOD_NAMES: Tuple[str, ...] = LATENT_METHODS + ("eq", "convert")
 
 
-def check_method(method: str) -> None:
-    """Raise :class:`MigrationError` (one line) unless ``method`` is one of :data:`METHODS`."""
-    if method not in METHODS:
-        raise MigrationError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+def check_method(method: str, names: Tuple[str, ...] = LATENT_METHODS) -> None:
+    """Raise :class:`MigrationError` (one line) unless ``method`` is one of ``names`` (default:
+    the latent moves of :data:`METHODS`)."""
+    if method not in names:
+        raise MigrationError(f"unknown method {method!r}; choose one of {', '.join(names)}")
 
 
 def apply_method(method: str, z: np.ndarray, source: Optional[Moments], reference: Moments,

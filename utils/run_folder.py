@@ -274,8 +274,9 @@ def load_for_inference(checkpoint_dir: str) -> Codec:
     evaluate.py, the notebooks and the benchmarks.
 
     Reads ``config.json`` (rebuilds the model it describes), ``feature_stats.json`` (the
-    normalisation the model was trained with) and the latest checkpoint's model weights (the
-    optimizer state is ignored), or ``glow.weights.h5`` when the folder holds no checkpoint.
+    normalisation the model was trained with), a conditional run's ``singers.json`` and the
+    latest checkpoint's model weights (the optimizer state is ignored), or ``glow.weights.h5``
+    when the folder holds no checkpoint.
 
     Raises:
         FileNotFoundError: the folder, its config.json, feature_stats.json or weights are missing.
@@ -299,6 +300,10 @@ def load_for_inference(checkpoint_dir: str) -> Codec:
             f"{CONFIG_NAME}"
         )
 
-    model = Glow.from_config(config)
+    singers = read_singers(checkpoint_dir) or ()
+    if config.conditional and not singers:
+        raise CheckpointMismatch(f"{os.path.join(checkpoint_dir, SINGERS_NAME)} is missing: a "
+                                 "conditional checkpoint needs its singer map")
+    model = Glow.from_config(config, num_singers=len(singers))
     restore_model(model, checkpoint_dir)
-    return Codec(model, config, stats)
+    return Codec(model, config, stats, singers if config.conditional else ())

@@ -91,6 +91,13 @@ def pad_time(x: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([x, tail], axis=0)
 
 
+def _repeat(condition: Optional[np.ndarray], batch: int) -> Optional[np.ndarray]:
+    """One conditioning vector ``(E,)`` as a batch ``(batch, E)`` float32 (None stays None)."""
+    if condition is None:
+        return None
+    return np.repeat(np.asarray(condition, np.float32).reshape(1, -1), batch, axis=0)
+
+
 def transform_features(
     model,
     x: np.ndarray,
@@ -98,6 +105,8 @@ def transform_features(
     chunk_steps: int,
     overlap_steps: int,
     batch_size: int = 8,
+    encode_condition: Optional[np.ndarray] = None,
+    decode_condition: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Encode -> ``latent_fn`` -> decode a whole song's features in overlapping chunks.
 
@@ -109,6 +118,9 @@ def transform_features(
         chunk_steps: chunk length in time steps (a multiple of ``2**L``).
         overlap_steps: steps shared by consecutive chunks, crossfaded.
         batch_size: chunks per encode/decode call; bounds the model's memory.
+        encode_condition, decode_condition: a singer-conditional model's conditioning vectors
+            ``(singer_dims,)`` to encode and to decode under (``None`` for an unconditional
+            model); decoding under another singer than the one encoded under converts.
 
     Returns:
         (T, W, C) float32 features, every step covered; memory beyond ``x`` and the output is
@@ -125,11 +137,11 @@ def transform_features(
     for begin in range(0, len(starts), batch_size):
         batch_starts = starts[begin:begin + batch_size]
         chunks = np.stack([padded[s:s + chunk_steps] for s in batch_starts])
-        z, _ = model.encode(chunks)
+        z, _ = model.encode(chunks, _repeat(encode_condition, len(chunks)))
         z = z.numpy()
         if latent_fn is not None:
             z = np.asarray(latent_fn(z), dtype=np.float32)
-        decoded = model.decode(z).numpy()
+        decoded = model.decode(z, _repeat(decode_condition, len(chunks))).numpy()
         # A latent moved far off the data can decode to inf/nan; that stays visible in the
         # output (for migration.bound_features to replace) instead of raising here.
         with np.errstate(invalid="ignore", over="ignore"):
