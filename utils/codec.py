@@ -44,6 +44,9 @@ from utils.song_chunks import (
 )
 from utils.song_folders import iter_folder_songs
 
+# How far (in normalised units: training standard deviations per bin) converted features may
+# leave the source's per-bin range before they count as a blown-up inverse.
+CONVERT_MARGIN = 1.0
 # A latent move: chunk latents (B, D) float32 -> moved latents of the same shape.
 LatentMove = Callable[[np.ndarray], np.ndarray]
 # A feature bound: (decoded (T, W, C), source (T, W, C)) -> bounded (T, W, C), all normalised.
@@ -298,17 +301,22 @@ class Codec:
         two singers; ``(N,)`` float32 with the source phase (``chunking``: :meth:`transform`'s
         keywords). Strength 0 is :meth:`reconstruct` (the source to float32 precision), 1 the
         target singer, values between move the conditioning along the line joining them.
-        Decoded values that are not finite are replaced by the source's."""
+        A decoded value more than :data:`CONVERT_MARGIN` outside the source's per-bin range, or
+        not finite, is replaced by the source's: the inverse can blow up off the data."""
         self._need_condition()
         if self.singer is None:
             raise MigrationError("convert needs a singer-conditional checkpoint")
         mix = ((1.0 - float(strength)) * self.condition
                + float(strength) * self.singer_condition(target)).astype(np.float32)
 
-        def finite(decoded: np.ndarray, source: np.ndarray) -> np.ndarray:
-            return np.where(np.isfinite(decoded), decoded, source).astype(np.float32)
+        def bound(decoded: np.ndarray, source: np.ndarray) -> np.ndarray:
+            # A value that left the source's per-bin range by more than CONVERT_MARGIN training
+            # standard deviations is where the inverse blew up: keep the source's there.
+            inside = (np.isfinite(decoded) & (decoded >= source.min(axis=0) - CONVERT_MARGIN)
+                      & (decoded <= source.max(axis=0) + CONVERT_MARGIN))
+            return np.where(inside, decoded, source).astype(np.float32)
 
-        return self.transform(samples, None, bound=finite, decode_condition=mix, **chunking)
+        return self.transform(samples, None, bound=bound, decode_condition=mix, **chunking)
 
     # ---------------------------------------------------------------- latents of aligned patches
     def patch_latents(self, samples: np.ndarray, batch_size: int = 16) -> np.ndarray:
