@@ -24,12 +24,16 @@ from typing import Any, Optional, Tuple
 # the Config's atomic save shares the project's one atomic write without an import cycle.
 from utils.files import atomic_write_text
 
-FEATURES = ("spectrogram", "waveform")
+FEATURES = ("spectrogram", "waveform", "world")
+WORLD_F0_METHODS = ("dio", "harvest")
 COUPLINGS = ("affine", "additive")
+# --mixed_precision: the compute dtype of the coupling networks' and priors' convolutions during
+# training (utils/precision.py); variables, log-determinants and the loss stay float32.
+MIXED_PRECISIONS = ("off", "bf16", "fp16")
 
 # Patch length in time steps when --window_size is not given: 64 STFT frames (about one second at
 # 16 kHz with hop 256, the seed's one-second windows) for spectrograms, 4096 samples for waveforms.
-DEFAULT_WINDOW_SIZE = {"spectrogram": 64, "waveform": 4096}
+DEFAULT_WINDOW_SIZE = {"spectrogram": 64, "waveform": 4096, "world": 64}
 
 
 def _field(default: Any, help_text: str, *, model: bool = False, details: str = "",
@@ -72,10 +76,12 @@ class Config:
 
     # feature and shape
     feature: str = _field(
-        "spectrogram", "feature representation: log-magnitude STFT patches or raw sample windows",
-        model=True, choices=FEATURES,
+        "spectrogram", "feature representation: log-magnitude STFT patches, raw sample windows "
+                       "or WORLD vocoder envelopes", model=True, choices=FEATURES,
         details="``spectrogram`` patches are frames x bins x 1; ``waveform`` windows are shaped "
-                "``(window_size // channel_size, 1, channel_size)`` and squeezed along time only")
+                "``(window_size // channel_size, 1, channel_size)`` and squeezed along time only; "
+                "``world`` patches are frames x ``world_dims`` x 2 (coded spectral envelope and "
+                "aperiodicity at the STFT hop; F0 kept beside, every decode uses the source's)")
     sampling_rate: int = _field(16000, "audio rate in Hz; every file is resampled to it",
                                 model=True)
     n_fft: int = _field(
@@ -91,6 +97,12 @@ class Config:
     channel_size: int = _field(
         1, "channels of a patch (waveform: samples folded into channels)", model=True,
         details="must be 1 for spectrograms; ``window_size`` must be a multiple of it")
+    world_dims: int = _field(
+        64, "coded WORLD envelope and aperiodicity coefficients per frame (feature world)",
+        model=True, details="a multiple of ``2**l_glow``; ``pyworld.code_spectral_envelope``")
+    world_f0: str = _field(
+        "dio", "F0 estimator of the world feature: DIO + StoneMask (fast) or Harvest",
+        model=True, choices=WORLD_F0_METHODS)
     log_floor: float = _field(
         1e-4, "amplitude added before the log of STFT magnitudes",
         details="keeps digital silence finite (linear amplitude of a [-1, 1] signal)")
@@ -134,15 +146,45 @@ class Config:
     temperature: float = _field(0.7, "sampling temperature of the sampled clip")
     seed: int = _field(0, "seed of the initialisation, data order and patches",
                        details="an integer in [0, 2**32)")
+    validation_split: float = _field(
+        0.1, "fraction of each singer's songs held out for the validation curve (0: none)",
+        details="whole songs, chosen per label by a hash of the label and file name (not the "
+                "seed), at least one per label of two or more songs and never a label's last; "
+                "ignored with ``--validation_dir``; the split is saved in ``validation.json`` "
+                "beside the checkpoint and kept on resume; the held-out songs are never trained "
+                "on and the feature statistics come from the training songs")
+    early_stopping_patience: int = _field(
+        0, "stop after N epochs without a lower validation bits/dim (0: never)",
+        details="the weights of the lowest validation bits/dim are kept in "
+                "``checkpoint_dir/best/`` either way")
+    mixed_precision: str = _field(
+        "off", "compute dtype of the coupling networks' and priors' convolutions while training",
+        choices=MIXED_PRECISIONS,
+        details="``bf16`` or ``fp16`` (with dynamic loss scaling); variables, log-determinants, "
+                "the loss, validation and every encode/decode after training stay float32")
     # paths
     data_dirs: Tuple[str, ...] = _field(
         (), "audio folders; each top folder's name is the label of its songs",
         flag="--data_dir", metavar="DIR",
         flag_help="a folder of songs (.wav .mp3 .flac .ogg, searched recursively); repeat for "
                   "several; the folder's name labels its songs")
+    validation_dirs: Tuple[str, ...] = _field(
+        (), "held-out audio folders for the validation curve (instead of --validation_split)",
+        flag="--validation_dir", metavar="DIR",
+        flag_help="a folder of held-out songs for the validation curve, labelled by its name as "
+                  "--data_dir (repeatable); replaces --validation_split",
+        details="made into the records with ``--data_dir``; without ``--data_dir`` the records "
+                "must already hold them")
     records_dir: str = _field("runs/records", "TFRecords folder (made from --data_dir when given)")
     checkpoint_dir: str = _field("checkpoints",
                                  "checkpoints, config.json, feature_stats.json, glow.weights.h5")
+    init_from: Optional[str] = _field(
+        None, "start a new run from the weights of another run folder (fine-tuning)",
+        metavar="CK", default_text="none",
+        details="same model fields; a fresh optimizer and step 0, the source run's feature "
+                "normalisation unless ``--renormalize``; its latest checkpoint, else its "
+                "``glow.weights.h5`` (``CK/best`` works too); ignored when ``checkpoint_dir`` "
+                "already holds a checkpoint (that run resumes)")
     logdir: str = _field("logs", "TensorBoard folder")
     output_dir: str = _field("runs", "reconstruction.wav and sample.wav go here")
     demo: bool = _field(
@@ -156,11 +198,16 @@ class Config:
     griffin_lim_iters: int = _field(
         64, "Griffin-Lim iterations for the sampled clip",
         details="every Griffin-Lim inversion uses it (e.g. ``migrate.py --griffin_lim``)")
+    renormalize: bool = _field(
+        False, "with --init_from: normalise with this run's training songs' statistics",
+        details="instead of the source run's ``feature_stats.json``")
 
     def __post_init__(self) -> None:
-        if isinstance(self.data_dirs, (list, str)):
-            dirs = (self.data_dirs,) if isinstance(self.data_dirs, str) else self.data_dirs
-            object.__setattr__(self, "data_dirs", tuple(str(d) for d in dirs))
+        for name in ("data_dirs", "validation_dirs"):
+            value = getattr(self, name)
+            if isinstance(value, (list, str)):
+                dirs = (value,) if isinstance(value, str) else value
+                object.__setattr__(self, name, tuple(str(d) for d in dirs))
         if self.window_size is None and self.feature in DEFAULT_WINDOW_SIZE:
             object.__setattr__(self, "window_size", DEFAULT_WINDOW_SIZE[self.feature])
         self.validate()
@@ -170,11 +217,14 @@ class Config:
         """Raise a one-line ``ValueError`` naming the bad field and how to fix it."""
         if self.feature not in FEATURES:
             raise ValueError(f"feature must be one of {FEATURES}, got {self.feature!r}")
+        if self.world_f0 not in WORLD_F0_METHODS:
+            raise ValueError(f"world_f0 must be one of {WORLD_F0_METHODS}, got {self.world_f0!r}")
         if self.coupling not in COUPLINGS:
             raise ValueError(f"coupling must be one of {COUPLINGS}, got {self.coupling!r}")
         positive = (
             "sampling_rate", "n_fft", "hop_length", "window_size", "channel_size", "k_glow",
-            "l_glow", "hidden_channels", "singer_dims", "batch_size", "epochs", "steps_per_epoch",
+            "l_glow", "hidden_channels", "singer_dims", "world_dims", "batch_size", "epochs",
+            "steps_per_epoch",
             "checkpoint_every", "max_checkpoints", "max_nonfinite_steps", "griffin_lim_iters",
             "shuffle_buffer", "log_every",
         )
@@ -194,21 +244,27 @@ class Config:
             raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
         if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature < math.inf:
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        self._validate_steering()
         if self.l_glow > 12:
             raise ValueError(f"l_glow must be at most 12, got {self.l_glow}")
         step = 2 ** self.l_glow
         height, width, channels = self.input_shape
-        if self.feature == "spectrogram":
+        if self.feature in ("spectrogram", "world"):
             if self.channel_size != 1:
                 raise ValueError(
-                    f"channel_size must be 1 for the spectrogram feature, got {self.channel_size}"
+                    f"channel_size must be 1 for the {self.feature} feature, got "
+                    f"{self.channel_size}"
                 )
             if self.hop_length > self.n_fft:
                 raise ValueError(
                     f"hop_length ({self.hop_length}) must not exceed n_fft ({self.n_fft}), "
                     "or the STFT cannot be inverted"
                 )
-            if width % step:
+            if self.feature == "world" and width % step:
+                raise ValueError(
+                    f"world_dims={width} does not divide by 2**l_glow={step}; choose a multiple "
+                    f"of {step} (e.g. {max(step, width - width % step)}) or lower l_glow")
+            if self.feature == "spectrogram" and width % step:
                 raise ValueError(
                     f"n_fft={self.n_fft} gives {width} frequency bins, which does not divide by "
                     f"2**l_glow={step}; choose n_fft so that n_fft // 2 + 1 divides by {step} "
@@ -228,6 +284,27 @@ class Config:
                 "or lower l_glow"
             )
 
+    def _validate_steering(self) -> None:
+        """The validation curve, early stopping, fine-tuning and mixed precision fields."""
+        split = self.validation_split
+        if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 <= split < 1:
+            raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}")
+        patience = self.early_stopping_patience
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"early_stopping_patience must be an integer >= 0, got {patience!r}")
+        if patience and not split and not self.validation_dirs:
+            raise ValueError("early_stopping_patience needs a validation curve: set "
+                             "validation_split > 0 or give validation_dirs")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got "
+                             f"{self.mixed_precision!r}")
+        if self.init_from is not None and (not isinstance(self.init_from, str)
+                                           or not self.init_from):
+            raise ValueError(f"init_from must be a run folder, got {self.init_from!r}")
+        if self.renormalize and self.init_from is None:
+            raise ValueError("renormalize only applies with init_from (a fresh run always "
+                             "normalises with its training songs' statistics)")
+
     # ------------------------------------------------------------------ derived values
     @property
     def n_bins(self) -> int:
@@ -239,6 +316,8 @@ class Config:
         """Shape ``(H, W, C)`` of one training patch: ``H`` time steps on axis 1."""
         if self.feature == "spectrogram":
             return (self.window_size, self.n_bins, 1)
+        if self.feature == "world":
+            return (self.window_size, self.world_dims, 2)
         return (self.window_size // self.channel_size, 1, self.channel_size)
 
     @property
@@ -246,6 +325,8 @@ class Config:
         """Audio samples covered by one patch (frames are placed ``hop_length`` apart)."""
         if self.feature == "spectrogram":
             return (self.window_size - 1) * self.hop_length + self.n_fft
+        if self.feature == "world":  # one WORLD frame per hop, centred on t * hop_length
+            return (self.window_size - 1) * self.hop_length + 1
         return self.window_size
 
     @property
@@ -275,6 +356,7 @@ class Config:
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["data_dirs"] = list(self.data_dirs)
+        data["validation_dirs"] = list(self.validation_dirs)
         return data
 
     def to_json(self) -> str:

@@ -64,6 +64,8 @@ def stats_fields(config: Config) -> dict:
     """The Config fields that normalisation statistics of ``config.feature`` depend on."""
     if config.feature == "spectrogram":
         names = ("feature", "sampling_rate", "n_fft", "hop_length", "log_floor")
+    elif config.feature == "world":
+        names = ("feature", "sampling_rate", "hop_length", "world_dims", "world_f0")
     else:
         names = ("feature", "sampling_rate")
     return {name: getattr(config, name) for name in names}
@@ -100,6 +102,22 @@ def _spectrogram_moments(config: Config):
     return _MOMENT_FUNCTIONS[key]
 
 
+def _stats_layout(config: Config) -> Tuple[int, int]:
+    """``(number of statistics, channels)`` of ``config.feature``'s normalisation."""
+    if config.feature == "spectrogram":
+        return config.n_bins, 1
+    if config.feature == "world":
+        return config.world_dims * 2, 2
+    return 1, 1
+
+
+def world_moments(features: np.ndarray) -> Tuple[float, np.ndarray, np.ndarray]:
+    """``(count, sum, sum of squares)`` per ``(coefficient, channel)`` of WORLD features
+    ``(T, world_dims, 2)`` (float64 sums of shape ``(world_dims * 2,)``)."""
+    values = np.asarray(features, np.float64).reshape(len(features), -1)
+    return float(len(values)), values.sum(axis=0), np.square(values).sum(axis=0)
+
+
 def feature_moments(samples: np.ndarray, config: Config) -> Tuple[float, np.ndarray, np.ndarray]:
     """``(count, sum, sum of squares)`` of one song's feature values per normalisation channel.
 
@@ -113,6 +131,10 @@ def feature_moments(samples: np.ndarray, config: Config) -> Tuple[float, np.ndar
             return 0.0, np.zeros(config.n_bins), np.zeros(config.n_bins)
         count, total, squares = _spectrogram_moments(config)(tf.constant(samples, tf.float32))
         return float(count), total.numpy(), squares.numpy()
+    if config.feature == "world":
+        from utils.world_features import analyse
+
+        return world_moments(analyse(samples, config).features)
     values = np.asarray(samples, np.float64)
     return float(values.size), np.array([values.sum()]), np.array([np.dot(values, values)])
 
@@ -123,8 +145,10 @@ class FeatureStats:
 
     ``mean`` and ``std`` have shape ``(bins,)`` for spectrograms (one per frequency bin, in nats of
     log-amplitude) and ``(1,)`` for waveforms (amplitude); they apply along the ``W`` axis of
-    ``(..., H, W, C)`` features. ``fields`` records the Config fields they were computed under and
-    ``source`` a fingerprint of the records they were computed from.
+    ``(..., H, W, C)`` features, shared by the channels. With ``channels > 1`` (the ``world``
+    feature: ``(world_dims * 2,)``) there is one per ``(W, C)`` pair, laid out ``W``-major.
+    ``fields`` records the Config fields they were computed under and ``source`` a fingerprint of
+    the records they were computed from.
     """
 
     mean: np.ndarray
@@ -132,6 +156,7 @@ class FeatureStats:
     fields: dict = dataclasses.field(default_factory=dict)
     count: float = 0.0
     source: str = ""
+    channels: int = 1
 
     def __post_init__(self) -> None:
         self.mean = np.asarray(self.mean, np.float32).reshape(-1)
@@ -140,12 +165,15 @@ class FeatureStats:
             raise ValueError(f"mean {self.mean.shape} and std {self.std.shape} shapes differ")
         if not (np.all(np.isfinite(self.mean)) and np.all(self.std > 0)):
             raise ValueError("feature statistics must be finite with std > 0")
+        if self.channels < 1 or self.mean.size % self.channels:
+            raise ValueError(f"{self.mean.size} statistics do not split into {self.channels} "
+                             "channels")
 
     @classmethod
     def identity(cls, config: Config) -> "FeatureStats":
         """Statistics that leave features unchanged (mean 0, std 1)."""
-        size = config.n_bins if config.feature == "spectrogram" else 1
-        return cls(np.zeros(size), np.ones(size), stats_fields(config))
+        size, channels = _stats_layout(config)
+        return cls(np.zeros(size), np.ones(size), stats_fields(config), channels=channels)
 
     @classmethod
     def from_moments(cls, config: Config, count: float, total, squares,
@@ -156,7 +184,8 @@ class FeatureStats:
         mean = np.asarray(total, np.float64) / count
         var = np.maximum(np.asarray(squares, np.float64) / count - mean * mean, 0.0)
         std = np.maximum(np.sqrt(var), STD_FLOOR)
-        return cls(mean, std, stats_fields(config), float(count), source)
+        return cls(mean, std, stats_fields(config), float(count), source,
+                   _stats_layout(config)[1])
 
     def matches(self, config: Config) -> bool:
         """True when these statistics were computed under ``config``'s feature settings."""
@@ -166,7 +195,7 @@ class FeatureStats:
         """Write as JSON (atomically)."""
         data = {
             "mean": self.mean.tolist(), "std": self.std.tolist(), "fields": self.fields,
-            "count": self.count, "source": self.source,
+            "count": self.count, "source": self.source, "channels": self.channels,
         }
         atomic_write_text(path, json.dumps(data, indent=1))
 
@@ -175,11 +204,11 @@ class FeatureStats:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
         return cls(data["mean"], data["std"], data.get("fields", {}), data.get("count", 0.0),
-                   data.get("source", ""))
+                   data.get("source", ""), int(data.get("channels", 1)))
 
     def _broadcast(self, x):
-        # (W, 1): along the W axis of (..., H, W, C), shared across channels.
-        return self.mean.reshape(-1, 1), self.std.reshape(-1, 1)
+        # (W, channels): along the W axis of (..., H, W, C); one channel is shared by all.
+        return (self.mean.reshape(-1, self.channels), self.std.reshape(-1, self.channels))
 
     def normalize(self, x):
         """``(x - mean) / std`` for ``x`` of shape ``(..., H, W, C)`` (tf tensor or numpy)."""
@@ -223,12 +252,15 @@ class SongFeatures:
     phase: STFT phase ``(num_steps, bins)`` in radians (spectrogram), else ``None``.
     num_samples: length of the song in samples.
     num_steps: time steps of the song before padding.
+    f0: WORLD's F0 ``(num_steps,)`` in Hz, 0 where unvoiced (``world`` feature), else ``None``:
+        what every decode resynthesises with, so the melody is kept exactly.
     """
 
     x: np.ndarray
     phase: Optional[np.ndarray]
     num_samples: int
     num_steps: int
+    f0: Optional[np.ndarray] = None
 
 
 def _pad_steps(features: np.ndarray, multiple: int, value: float) -> np.ndarray:
@@ -242,11 +274,21 @@ def _pad_steps(features: np.ndarray, multiple: int, value: float) -> np.ndarray:
 def song_to_features(samples: np.ndarray, config: Config, stats: FeatureStats) -> SongFeatures:
     """Features of a whole song ``samples [N]`` (at ``config.sampling_rate``).
 
-    Spectrogram: the centred STFT (``1 + ceil(N / hop)`` frames) with its phase. Waveform: the
-    samples zero-padded to a multiple of ``channel_size`` and folded. Either way ``T`` is then
-    padded to a multiple of ``config.time_multiple`` with silence.
+    Spectrogram: the centred STFT (``1 + ceil(N / hop)`` frames) with its phase. World: WORLD's
+    analysis, a frame per hop, with its F0 (:mod:`utils.world_features`). Waveform: the samples
+    zero-padded to a multiple of ``channel_size`` and folded. ``T`` is then padded to a multiple
+    of ``config.time_multiple`` (with silence, or the last frame for world).
     """
     samples = np.asarray(samples, np.float32).reshape(-1)
+    if config.feature == "world":
+        from utils.world_features import analyse
+
+        analysis = analyse(samples, config)
+        features = analysis.features
+        padded = np.concatenate([features, np.repeat(
+            features[-1:], -len(features) % config.time_multiple, axis=0)])
+        return SongFeatures(stats.normalize(padded), None, len(samples), len(features),
+                            analysis.f0)
     if config.feature == "spectrogram":
         log_mag, phase = spectrogram(samples, config)
         features = log_mag.numpy()[..., None]
@@ -268,17 +310,25 @@ def features_to_song(
     stats: FeatureStats,
     song: Optional[SongFeatures] = None,
     use_phase: bool = True,
+    semitones: float = 0.0,
 ) -> np.ndarray:
     """Samples float32 ``[num_samples]`` from normalised features ``x (T, W, C)``.
 
     With ``song`` (the :class:`SongFeatures` ``x`` came from, or was migrated from), its padding
     is dropped and its length restored; spectrograms use its phase (exact inverse) unless
-    ``use_phase`` is False. Without ``song`` all ``T`` steps are kept and spectrograms are
-    inverted with Griffin-Lim. Waveforms are simply unfolded.
+    ``use_phase`` is False, world features its F0 (transposed by ``semitones``). Without
+    ``song`` all ``T`` steps are kept, spectrograms are inverted with Griffin-Lim and world
+    features are synthesised unvoiced (no F0: a whisper). Waveforms are simply unfolded.
     """
     features = stats.denormalize(np.asarray(x, np.float32))
     steps = song.num_steps if song is not None else len(features)
     features = features[:steps]
+    if config.feature == "world":
+        from utils.world_features import synthesize
+
+        f0 = song.f0 if song is not None else np.zeros(steps)
+        num_samples = song.num_samples if song is not None else (steps - 1) * config.hop_length
+        return synthesize(features, f0, config, num_samples, semitones)
     if config.feature == "waveform":
         samples = features.reshape(-1)
         return samples[: song.num_samples] if song is not None else samples

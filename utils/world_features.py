@@ -1,0 +1,150 @@
+"""The ``world`` feature: singing as source and filter, from the WORLD vocoder (``pyworld``).
+
+WORLD splits a voice into its fundamental frequency (F0, where the melody lives), its spectral
+envelope (the vocal tract: where the singer lives) and its aperiodicity (breath and noise). The
+``world`` feature models the filter and keeps the melody beside it:
+
+- analysis, once per song, at one frame per STFT hop (``frame_period = 1000 * hop_length /
+  sampling_rate`` ms, 16 ms by default): F0 by DIO refined by StoneMask (``world_f0 = "dio"``,
+  fast) or by Harvest (``"harvest"``, more robust, about 25 times slower); the envelope by
+  CheapTrick and the aperiodicity by D4C;
+- the patch ``(frames, world_dims, 2)``: channel 0 the envelope and channel 1 the aperiodicity,
+  both coded to ``world_dims`` mel-cepstral coefficients by WORLD's own
+  ``code_spectral_envelope`` (the aperiodicity through its logarithm, floored at
+  :data:`APERIODICITY_FLOOR`). Two channels of the same width, so the flow's squeezes treat both
+  alike and one normalisation per (coefficient, channel) applies;
+- F0 is not modelled: it is kept per frame (Hz, 0 where unvoiced) beside the patch, and every
+  decode resynthesises with the source's F0, so any move of the envelope keeps the melody exactly
+  (:func:`synthesize`, with an optional transposition in semitones).
+
+"WORLD's own resynthesis" of a song is :func:`synthesize` of its :func:`analyse` features; it is
+not the waveform itself (WORLD does not keep the phase), and its SNR against the song is the
+ceiling of this feature (see README). Decoding what was encoded gives back these features to
+float32 precision, hence the same resynthesis.
+
+Units: samples are float32 in [-1, 1] at ``config.sampling_rate`` Hz; F0 in Hz; coded
+coefficients are unit-free (log-amplitude cepstra).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from common_definitions import Config
+from utils.errors import SinGlowError
+
+# Aperiodicity is a ratio in (0, 1]; its logarithm is coded, so it is floored here (-60 dB).
+APERIODICITY_FLOOR = 1e-3
+# Envelope power floor before the logarithm (digital silence stays finite).
+ENVELOPE_FLOOR = 1e-16
+# F0 search range of the analysis, Hz: the singing range with a margin.
+F0_FLOOR = 60.0
+F0_CEIL = 1100.0
+
+
+class WorldError(SinGlowError, ValueError):
+    """The WORLD vocoder is missing or cannot analyse a song; the message is one line."""
+
+
+def _pyworld():
+    try:
+        import pyworld
+    except ImportError:
+        raise WorldError("the world feature needs pyworld (pip install -r requirements.txt); "
+                         "it is not installed") from None
+    return pyworld
+
+
+def require_pyworld() -> None:
+    """Raise :class:`WorldError` (one line) when ``pyworld`` cannot be imported."""
+    _pyworld()
+
+
+def frame_period_ms(config: Config) -> float:
+    """WORLD's frame period: one frame per STFT hop, in milliseconds."""
+    return 1000.0 * config.hop_length / config.sampling_rate
+
+
+def fft_size(config: Config) -> int:
+    """CheapTrick's FFT size at ``config.sampling_rate`` (the analysed spectra have
+    ``fft_size // 2 + 1`` bins)."""
+    return int(_pyworld().get_cheaptrick_fft_size(config.sampling_rate, F0_FLOOR))
+
+
+@dataclasses.dataclass
+class WorldAnalysis:
+    """One song in WORLD's terms, a frame per hop.
+
+    f0: (T,) float64 Hz, 0 where unvoiced; features: (T, world_dims, 2) float32 coded envelope
+    (channel 0) and coded log-aperiodicity (channel 1); num_samples: the song's length.
+    """
+
+    f0: np.ndarray
+    features: np.ndarray
+    num_samples: int
+
+
+def analyse(samples: np.ndarray, config: Config) -> WorldAnalysis:
+    """WORLD analysis of a whole song ``samples (N,)`` at ``config.sampling_rate``."""
+    pw = _pyworld()
+    x = np.ascontiguousarray(np.asarray(samples, np.float64).reshape(-1))
+    if x.size == 0:
+        raise WorldError("no audio samples to analyse")
+    rate, period = config.sampling_rate, frame_period_ms(config)
+    if config.world_f0 == "harvest":
+        f0, times = pw.harvest(x, rate, f0_floor=F0_FLOOR, f0_ceil=F0_CEIL, frame_period=period)
+    else:
+        f0, times = pw.dio(x, rate, f0_floor=F0_FLOOR, f0_ceil=F0_CEIL, frame_period=period)
+        f0 = pw.stonemask(x, f0, times, rate)
+    size = fft_size(config)
+    envelope = pw.cheaptrick(x, f0, times, rate, f0_floor=F0_FLOOR, fft_size=size)
+    aperiodicity = pw.d4c(x, f0, times, rate, fft_size=size)
+    features = np.stack([_code(np.maximum(envelope, ENVELOPE_FLOOR), config),
+                         _code(np.maximum(aperiodicity, APERIODICITY_FLOOR), config)], axis=-1)
+    return WorldAnalysis(f0, features.astype(np.float32), len(x))
+
+
+def _code(spectrum: np.ndarray, config: Config) -> np.ndarray:
+    return _pyworld().code_spectral_envelope(np.ascontiguousarray(spectrum, np.float64),
+                                             config.sampling_rate, config.world_dims)
+
+
+def _decode(coded: np.ndarray, config: Config) -> np.ndarray:
+    return _pyworld().decode_spectral_envelope(np.ascontiguousarray(coded, np.float64),
+                                               config.sampling_rate, fft_size(config))
+
+
+def transpose_f0(f0: np.ndarray, semitones: float) -> np.ndarray:
+    """``f0 * 2 ** (semitones / 12)``; unvoiced frames (0 Hz) stay unvoiced."""
+    return np.asarray(f0, np.float64) * 2.0 ** (float(semitones) / 12.0)
+
+
+def synthesize(features: np.ndarray, f0: np.ndarray, config: Config,
+               num_samples: Optional[int] = None, semitones: float = 0.0) -> np.ndarray:
+    """WORLD synthesis of ``features (T, world_dims, 2)`` (unnormalised, as :func:`analyse`
+    gives them) with ``f0 (T,)`` Hz (transposed by ``semitones``); returns float32 samples,
+    ``num_samples`` long when given (cut or zero-padded), else WORLD's own length."""
+    pw = _pyworld()
+    features = np.asarray(features, np.float64)
+    f0 = np.asarray(f0, np.float64).reshape(-1)
+    steps = min(len(features), len(f0))
+    if steps < 1:
+        raise WorldError("nothing to synthesise: no frames")
+    envelope = _decode(features[:steps, :, 0], config)
+    aperiodicity = np.clip(_decode(features[:steps, :, 1], config), 0.0, 1.0)
+    out = pw.synthesize(np.ascontiguousarray(transpose_f0(f0[:steps], semitones)), envelope,
+                        aperiodicity, config.sampling_rate, frame_period_ms(config))
+    out = out.astype(np.float32)
+    if num_samples is not None:
+        out = out[:num_samples] if len(out) >= num_samples else np.pad(
+            out, (0, num_samples - len(out)))
+    return out
+
+
+def resynthesize(samples: np.ndarray, config: Config, semitones: float = 0.0) -> np.ndarray:
+    """WORLD's own analysis and resynthesis of a song (the ceiling of the ``world`` feature)."""
+    analysis = analyse(samples, config)
+    return synthesize(analysis.features, analysis.f0, config, analysis.num_samples, semitones)
