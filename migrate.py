@@ -5,6 +5,7 @@
         [--source_stats S.npz] [--save_reference_stats PATH] [--griffin_lim]
     python migrate.py --checkpoint_dir CK --source SONG --method convert \\
         --target_singer NAME [--source_singer NAME] --strength A --output OUT.wav
+    python migrate.py --checkpoint_dir CK --source DIR --output OUTDIR [--overwrite] ...
 
 ``REF`` is a folder of songs (searched recursively) or, for the latent moves, a statistics
 ``.npz`` saved by ``--save_reference_stats``. ``shift`` and ``match`` also need the source's
@@ -25,6 +26,15 @@ for a malformed command line or an input refused before any work (a missing file
 checkpoint or statistics of another model, an empty reference folder), 1 when the migration
 fails (e.g. a silent source), 130 on Ctrl-C. ``--chunk_steps``, ``--overlap_steps`` and
 ``--batch_size`` tune the chunked encoding.
+
+Folder mode: when ``--source`` is a folder, every song under it (recursively) is migrated with
+the same flags into the folder ``--output``: ``DIR/a/song.mp3`` -> ``OUTDIR/a/song.wav`` (with
+its ``.png`` and a ``.json`` record); nothing is written inside ``DIR``; a rerun skips complete
+outputs unless ``--overwrite``; broken songs are skipped with one line each; exit status 0 when
+a song was migrated (or already complete), else 1 (see :mod:`utils.folder_migration`). The
+reference's statistics and ``--source_stats`` are computed once for the folder (on a conditional
+checkpoint once per source singer: latent statistics live in that singer's coordinates); each
+song's own statistics and most likely singer are still found song by song.
 """
 
 from __future__ import annotations
@@ -33,16 +43,22 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence
 
-from utils.cli import CliError, OneLineArgumentParser, finite_float, print_warning, run_cli
+from utils.cli import (EXIT_FAILED, EXIT_OK, CliError, OneLineArgumentParser, finite_float,
+                       print_error, print_warning, run_cli)
+from utils.errors import SinGlowError, one_line
+from utils.folder_migration import (Console, FolderAbort, FolderProgress, SongJob, SongResult,
+                                    check_folders, file_identity, is_inside, migrate_folder,
+                                    path_identity, plan_folder)
 from utils.migration_methods import METHOD_NAMES, NEEDS_SOURCE
+from utils.migration_targets import StatsSource, Targets, open_stats
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 if TYPE_CHECKING:  # imported for real only once the flags are checked (TensorFlow loads)
     from utils.codec import Codec
-    from utils.latent_stats import LatentStats
 
 PROG = "migrate.py"
 # Peak the output is scaled to when migration pushed it past full scale (-0.1 dBFS).
@@ -55,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint_dir", required=True,
                         help="trained checkpoint (config.json and feature_stats.json inside)")
-    parser.add_argument("--source", required=True, help="the song to migrate (wav/mp3/flac/ogg)")
+    parser.add_argument("--source", required=True,
+                        help="the song to migrate (wav/mp3/flac/ogg), or a folder: every song "
+                             "under it (recursively)")
     parser.add_argument("--reference",
                         help="folder of reference songs, or a statistics .npz (every method but "
                              "convert)")
@@ -70,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "under whom the song is most likely)")
     parser.add_argument("--strength", type=finite_float, default=1.0,
                         help="0 = the source, 1 = the method's full move (default %(default)s)")
-    parser.add_argument("--output", required=True, help="output .wav; a .png goes beside it")
+    parser.add_argument("--output", required=True,
+                        help="output .wav; a .png goes beside it (a folder when --source is one)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="folder mode: migrate again the songs whose output is complete")
     parser.add_argument("--source_stats",
                         help="source statistics (.npz or folder of songs) for shift/match; "
                              "default: the source song itself")
@@ -88,43 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _warn(message: str) -> None:
     print_warning(PROG, message)
-
-
-# ----------------------------------------------------------------------------- statistics
-class StatsSource(NamedTuple):
-    """Where latent statistics come from: ``stats`` loaded from an ``.npz`` (``folder`` None), or
-    a ``folder`` of songs whose statistics are computed during the work (``stats`` None)."""
-
-    what: str
-    stats: Optional["LatentStats"]
-    folder: Optional[str]
-
-
-def open_stats(path: str, codec: "Codec", what: str) -> StatsSource:
-    """Refuse unusable statistics before any work: an ``.npz`` is loaded (and refused when it
-    belongs to another model); a folder must hold audio files."""
-    from utils.latent_stats import LatentStats
-    from utils.song_folders import list_audio
-
-    if os.path.isdir(path):
-        list_audio(path)
-        return StatsSource(what, None, path)
-    if os.path.isfile(path):
-        return StatsSource(what, LatentStats.load(path, codec.config), None)
-    raise CliError(f"{what} not found: {path}")
-
-
-def compute_stats(source: StatsSource, codec: "Codec") -> "LatentStats":
-    """The LatentStats of ``source``: as loaded, or over its folder of songs (skipped files are
-    warned about, one line each)."""
-    if source.folder is None:
-        return source.stats
-
-    def skipped(song_path: str, reason: str) -> None:
-        _warn(f"{source.what}: skipping {song_path}: {reason}")
-
-    print(f"computing {source.what} statistics over {source.folder} ...", file=sys.stderr)
-    return codec.folder_latent_stats(source.folder, on_skip=skipped)
 
 
 # ----------------------------------------------------------------------------- the figure
@@ -172,15 +156,87 @@ def spectrogram_figure(source, migrated, config, path: str, title: str) -> None:
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------- one song
+class Migrated(NamedTuple):
+    """One migrated song: ``samples`` (N,) as written, its ``seconds``, SNR in dB against the
+    source, and the ``singer`` it was encoded under (None on an unconditional checkpoint)."""
+
+    samples: object
+    seconds: float
+    snr_db: float
+    singer: Optional[str]
+
+
+def load_source(path: str, codec: "Codec"):
+    """A source song as ``(N,)`` float32 at the model's rate; raises AudioError (a one-line
+    SinGlowError) for a file that cannot be migrated."""
+    from utils.audio import load_audio
+
+    samples = load_audio(path, codec.config.sampling_rate)
+    # Fail before the statistics pass; migrate_song checks again and warns if it is short.
+    return codec.check(samples, warn_short=False)
+
+
+def source_codec(prepared: "Prepared", samples, console: Optional[Console]) -> "Codec":
+    """The codec to encode ``samples`` under: a conditional model's under the source singer
+    (given, or the most likely, announced on ``console`` unless it is None)."""
+    codec = prepared.codec
+    if not codec.singers:
+        return codec
+    singer = prepared.args.source_singer
+    if singer is None:
+        scores = codec.singer_scores(samples)
+        singer = min(scores, key=scores.get)
+        if console is not None:
+            listed = ", ".join(f"{name} {bpd:.4f}" for name, bpd in scores.items())
+            console.info(f"source singer: {singer} (the most likely; bits/dim {listed})")
+    return codec.with_singer(singer)
+
+
+def migrate_samples(prepared: "Prepared", targets: Targets, codec: "Codec", samples,
+                    output: str, figure: str, console: Console) -> Migrated:
+    """Migrate ``samples`` (N,) and write ``output`` (the wav) and ``figure`` (the PNG), each
+    atomically."""
+    import numpy as np
+
+    from utils.audio import save_wav
+    from utils.files import atomic_write
+    from utils.metrics import snr_db
+    from utils.migration import migrate
+
+    args, config = prepared.args, codec.config
+    target, source_stats = targets.of(codec)
+    result = migrate(
+        codec, samples, args.method, args.strength, target, source_stats=source_stats,
+        griffin_lim=args.griffin_lim, chunk_steps=args.chunk_steps,
+        overlap_steps=args.overlap_steps, batch_size=args.batch_size)
+    out = result.samples
+    peak = float(np.max(np.abs(out)))
+    if peak > 1.0:
+        # A wav clips at full scale; scaling the whole song keeps its shape (and timbre).
+        out = out * (FULL_SCALE / peak)
+        # A warning, not a line: in folder mode it is printed with the song's name.
+        warnings.warn(f"the migrated song peaks at {20 * math.log10(peak):+.1f} dBFS; scaled "
+                      f"by {20 * math.log10(FULL_SCALE / peak):.1f} dB so that the wav does not "
+                      "clip", stacklevel=2)
+    save_wav(output, out, config.sampling_rate)
+    title = f"{args.method}, strength {args.strength:g}"
+    atomic_write(figure, lambda tmp: spectrogram_figure(samples, out, config, tmp, title))
+    return Migrated(out, len(out) / config.sampling_rate, snr_db(samples, out), codec.singer)
+
+
 # ----------------------------------------------------------------------------- the CLI
 class Prepared(NamedTuple):
     """What :func:`prepare` checked and loaded for :func:`work` (``reference`` is None for
-    ``convert``, a folder for ``eq``)."""
+    ``convert``, a folder for ``eq``); in folder mode the ``jobs`` and the ``recipe`` that says
+    whether an output is complete (:mod:`utils.folder_migration`)."""
 
     args: argparse.Namespace
     codec: "Codec"
     reference: Optional[StatsSource]
     source_stats: Optional[StatsSource]
+    jobs: Optional[List[SongJob]] = None
+    recipe: Optional[dict] = None
 
 
 def check_paths(args: argparse.Namespace) -> None:
@@ -189,7 +245,8 @@ def check_paths(args: argparse.Namespace) -> None:
         raise CliError(f"--batch_size must be positive, got {args.batch_size}")
     if not os.path.isdir(args.checkpoint_dir):
         raise CliError(f"checkpoint folder not found: {args.checkpoint_dir}")
-    if not os.path.isfile(args.source):
+    folder = os.path.isdir(args.source)
+    if not folder and not os.path.isfile(args.source):
         raise CliError(f"source song not found: {args.source}")
     if args.method == "convert":
         if not args.target_singer:
@@ -208,6 +265,12 @@ def check_paths(args: argparse.Namespace) -> None:
         raise CliError(f"--target_singer is for --method convert, not {args.method}")
     if args.source_stats and not os.path.exists(args.source_stats):
         raise CliError(f"source statistics not found: {args.source_stats}")
+    if folder:
+        check_folders(args.source, args.output, args.reference)
+        if args.save_reference_stats and is_inside(args.save_reference_stats, args.source):
+            raise CliError(f"--save_reference_stats {args.save_reference_stats} is inside "
+                           f"--source {args.source}, which is never written to")
+        return
     if os.path.isdir(args.output):
         raise CliError(f"--output is a folder, expected a .wav path: {args.output}")
     output_dir = os.path.dirname(os.path.abspath(args.output))
@@ -218,10 +281,12 @@ def check_paths(args: argparse.Namespace) -> None:
 def prepare(args: argparse.Namespace) -> Prepared:
     """Every check that needs no audio decoded and no migration: flags and paths, the checkpoint
     (restored, refused when of another model), the chunking flags, the statistics files (refused
-    when of another model) and the reference folder (refused when it holds no audio)."""
+    when of another model) and the reference folder (refused when it holds no audio); in folder
+    mode also the source folder (refused when it holds no audio) and its output names."""
     check_paths(args)
     from utils.run_folder import load_for_inference
     from utils.song_chunks import default_chunking
+    from utils.song_folders import list_audio
 
     codec = load_for_inference(args.checkpoint_dir)
     default_chunking(codec.config, args.chunk_steps, args.overlap_steps)
@@ -230,8 +295,6 @@ def prepare(args: argparse.Namespace) -> Prepared:
             codec.singer_id(name)  # refuses an unconditional checkpoint or an unknown name
     reference = None
     if args.method == "eq":
-        from utils.song_folders import list_audio
-
         list_audio(args.reference)
         reference = StatsSource("reference", None, args.reference)
     elif args.reference:
@@ -241,77 +304,90 @@ def prepare(args: argparse.Namespace) -> Prepared:
         source_stats = open_stats(args.source_stats, codec, "source stats")
     elif args.source_stats:
         _warn(f"--source_stats is not used by method {args.method!r}")
-    return Prepared(args, codec, reference, source_stats)
+    if not os.path.isdir(args.source):
+        if args.overwrite:
+            _warn("--overwrite is for a folder --source; one song's --output is always replaced")
+        return Prepared(args, codec, reference, source_stats)
+    if (codec.singers and args.save_reference_stats and reference is not None
+            and args.method != "eq" and args.source_singer is None):
+        raise CliError("--save_reference_stats of a folder on a conditional checkpoint needs "
+                       "--source_singer: the statistics are in the source singer's coordinates, "
+                       "and the most likely singer may differ from song to song")
+    jobs = plan_folder(args.source, args.output, list_audio(args.source))
+    return Prepared(args, codec, reference, source_stats, jobs,
+                    recipe(args, source_stats is not None))
+
+
+def recipe(args: argparse.Namespace, uses_source_stats: bool) -> dict:
+    """What a folder output is made of: the checkpoint's files, the method and every flag that
+    changes the audio (not ``--batch_size``); an output is complete only under the same one."""
+    from utils.run_folder import CONFIG_NAME, SINGERS_NAME, STATS_NAME, WEIGHTS_NAME
+
+    checkpoint = {"path": os.path.abspath(args.checkpoint_dir)}
+    # "checkpoint" names the latest ckpt-N and is rewritten by every save.
+    for name in (CONFIG_NAME, STATS_NAME, SINGERS_NAME, "checkpoint", WEIGHTS_NAME):
+        checkpoint[name] = file_identity(os.path.join(args.checkpoint_dir, name))
+    return {
+        "checkpoint": checkpoint, "method": args.method, "strength": args.strength,
+        "reference": path_identity(args.reference) if args.reference else None,
+        "source_stats": path_identity(args.source_stats) if uses_source_stats else None,
+        "source_singer": args.source_singer, "target_singer": args.target_singer,
+        "griffin_lim": args.griffin_lim, "chunk_steps": args.chunk_steps,
+        "overlap_steps": args.overlap_steps,
+    }
 
 
 def work(prepared: Prepared) -> List[str]:
-    """Do the migration; returns the paths written. Raises CliError / SinGlowError for input
+    """Migrate one song; returns the paths written. Raises CliError / SinGlowError for input
     that cannot be migrated (one line)."""
-    import numpy as np
-
-    from utils.audio import load_audio, save_wav
-    from utils.metrics import snr_db
-    from utils.migration import MigrationTarget, migrate
-
-    args, codec = prepared.args, prepared.codec
-    config = codec.config
+    args, console = prepared.args, Console(PROG)
     try:
-        samples = load_audio(args.source, config.sampling_rate)
-        # Fail before the statistics pass; migrate_song checks again and warns if it is short.
-        samples = codec.check(samples, warn_short=False)
+        samples = load_source(args.source, prepared.codec)
     except ValueError as error:  # AudioError and MigrationError are ValueErrors
         raise CliError(f"source {args.source}: {error}") from None
-
-    if codec.singers:  # a conditional model encodes under the source's singer
-        source_singer = args.source_singer
-        if source_singer is None:
-            scores = codec.singer_scores(samples)
-            source_singer = min(scores, key=scores.get)
-            listed = ", ".join(f"{name} {bpd:.4f}" for name, bpd in scores.items())
-            print(f"source singer: {source_singer} (the most likely; bits/dim {listed})",
-                  file=sys.stderr)
-        codec = codec.with_singer(source_singer)
-    target = MigrationTarget(singer=args.target_singer)
-    if args.method == "eq":
-        target.bins = _bin_stats(prepared.reference.folder, codec)
-    elif prepared.reference is not None:
-        target.latent = compute_stats(prepared.reference, codec)
-        if args.save_reference_stats:
-            target.latent.save(args.save_reference_stats)
-            print(f"saved reference statistics to {args.save_reference_stats}", file=sys.stderr)
-    source_stats = None
-    if prepared.source_stats is not None:
-        source_stats = compute_stats(prepared.source_stats, codec)
-
-    result = migrate(
-        codec, samples, args.method, args.strength, target, source_stats=source_stats,
-        griffin_lim=args.griffin_lim, chunk_steps=args.chunk_steps,
-        overlap_steps=args.overlap_steps, batch_size=args.batch_size)
-    out = result.samples
-    peak = float(np.max(np.abs(out)))
-    if peak > 1.0:
-        # A wav clips at full scale; scaling the whole song keeps its shape (and timbre).
-        out = out * (FULL_SCALE / peak)
-        _warn(f"the migrated song peaks at {20 * math.log10(peak):+.1f} dBFS; scaled by "
-              f"{20 * math.log10(FULL_SCALE / peak):.1f} dB so that the wav does not clip")
-    save_wav(args.output, out, config.sampling_rate)
+    codec = source_codec(prepared, samples, console)
     figure = os.path.splitext(args.output)[0] + ".png"
-    spectrogram_figure(samples, out, config, figure, f"{args.method}, strength {args.strength:g}")
-    snr = snr_db(samples, out)
-    print(f"wrote {args.output} ({len(out) / config.sampling_rate:.2f} s, {args.method} at "
-          f"strength {args.strength:g}, SNR vs source {snr:.1f} dB) and {figure}")
+    targets = Targets(args, prepared.reference, prepared.source_stats, console)
+    done = migrate_samples(prepared, targets, codec, samples, args.output, figure, console)
+    print(f"wrote {args.output} ({done.seconds:.2f} s, {args.method} at strength "
+          f"{args.strength:g}, SNR vs source {done.snr_db:.1f} dB) and {figure}")
     return [args.output, figure]
 
 
-def _bin_stats(folder: str, codec: "Codec"):
-    """Per-bin log-STFT statistics of every usable song under ``folder`` (the ``eq`` target)."""
-    from utils.eq_baseline import song_bin_stats
+def work_folder(prepared: Prepared, progress: FolderProgress) -> int:
+    """Migrate every song of the source folder (see :mod:`utils.folder_migration`); returns the
+    exit status: 0 when a song was migrated or was already complete, 1 when none could be."""
+    args, console = prepared.args, Console(PROG)
+    targets = Targets(args, prepared.reference, prepared.source_stats, console)
 
-    def skipped(song_path: str, reason: str) -> None:
-        _warn(f"reference: skipping {song_path}: {reason}")
+    def song(job: SongJob, console: Console) -> SongResult:
+        samples = load_source(job.source, prepared.codec)
+        codec = source_codec(prepared, samples, None)
+        try:
+            targets.of(codec)  # computed once; a failure here is the run's, not the song's
+        except (OSError, SinGlowError) as error:
+            raise FolderAbort(one_line(error)) from error
+        done = migrate_samples(prepared, targets, codec, samples, job.wav, job.figure, console)
+        note = f"SNR vs source {done.snr_db:.1f} dB"
+        if done.singer is not None:
+            note += f", source singer {done.singer}"
+        return SongResult(done.seconds, note, {"seconds": done.seconds, "snr_db": done.snr_db,
+                                               "source_singer": done.singer})
 
-    print(f"computing per-bin reference statistics over {folder} ...", file=sys.stderr)
-    return song_bin_stats((s for _, s in codec.folder_songs(folder, skipped)), codec.config)
+    os.makedirs(args.output, exist_ok=True)
+    console.info(f"migrating {len(prepared.jobs)} audio files under {args.source} into "
+                 f"{args.output} ({args.method} at strength {args.strength:g})")
+    try:
+        migrate_folder(prepared.jobs, song, prepared.recipe, console, progress,
+                       overwrite=args.overwrite)
+    except FolderAbort:
+        console.out(progress.summary())
+        raise
+    console.out(progress.summary())
+    if progress.migrated or progress.complete:
+        return EXIT_OK
+    print_error(PROG, f"no song under {args.source} could be migrated")
+    return EXIT_FAILED
 
 
 def _file_identity(path: str):
@@ -326,21 +402,31 @@ def _file_identity(path: str):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI; returns the exit status (see the module docstring)."""
     # The wav at --output as it was before any work: Ctrl-C says whether it has been replaced
-    # (save_wav is atomic, so it is written whole or not at all).
+    # (save_wav is atomic, so it is written whole or not at all). In folder mode: the counts.
     before = {}
+    progress = FolderProgress()
 
     def prepare_recording_output(args: argparse.Namespace) -> Prepared:
         before["output"] = _file_identity(args.output)
+        before["folder"] = os.path.isdir(args.source)
         return prepare(args)
 
     def on_interrupt(args: argparse.Namespace) -> str:
+        if before.get("folder"):
+            written = progress.migrated
+            text = f"{written} song{'' if written == 1 else 's'} written to {args.output}"
+            if progress.current is not None:
+                text += f"; {progress.current} (in progress) was not"
+            return text
         written = "output" in before and _file_identity(args.output) != before["output"]
         return (f"{args.output} "
                 f"{'was written, its figure may not be' if written else 'was not written'}")
 
     def work_status(prepared: Prepared) -> int:
+        if prepared.jobs is not None:
+            return work_folder(prepared, progress)
         work(prepared)
-        return 0
+        return EXIT_OK
 
     return run_cli(PROG, build_parser(), prepare_recording_output, work_status, argv,
                    on_interrupt)

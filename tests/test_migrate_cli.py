@@ -171,3 +171,24 @@ def test_ctrl_c_exits_130_without_a_traceback_and_keeps_the_earlier_wav(setup, t
     assert stderr.rstrip().splitlines()[-1] == f"migrate.py: interrupted; {out} was not written"
     assert out.read_bytes() == b"an earlier result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["song.wav"]
+
+
+def test_a_folder_source_migrates_every_song_into_an_output_folder(setup, tmp_path):
+    import shutil
+
+    songs = tmp_path / "songs"
+    (songs / "sub").mkdir(parents=True)
+    shutil.copy(setup["source"], songs / "sub" / "take.wav")
+    (songs / "lyrics.mp3").write_text("not audio")
+    out = tmp_path / "out"
+    result = _migrate("--checkpoint_dir", setup["ck"], "--source", songs, "--reference",
+                      setup["real"], "--method", "shift", "--strength", "0.5", "--output", out)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "sub", "sub/take.json", "sub/take.png", "sub/take.wav"]
+    skipped = [line for line in result.stderr.splitlines() if "skipping" in line]
+    assert len(skipped) == 1 and skipped[0].startswith("migrate.py: warning: skipping lyrics.mp3:")
+    assert result.stdout.rstrip().splitlines()[-1] == (
+        "migrated: 1 song (6.00 s of audio), skipped: 1")
+    assert sorted(p.name for p in songs.rglob("*")) == ["lyrics.mp3", "sub", "take.wav"]
