@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "default: the source song itself")
     parser.add_argument("--save_reference_stats", metavar="PATH",
                         help="save the reference statistics to this .npz for reuse")
+    parser.add_argument("--transpose", type=finite_float, default=0.0, metavar="SEMITONES",
+                        help="shift the melody by this many semitones (a world checkpoint, "
+                             "whose F0 is kept apart; default 0)")
     parser.add_argument("--griffin_lim", action="store_true",
                         help="invert spectrograms with Griffin-Lim instead of the source phase")
     parser.add_argument("--chunk_steps", type=int,
@@ -209,7 +212,7 @@ def migrate_samples(prepared: "Prepared", targets: Targets, codec: "Codec", samp
     result = migrate(
         codec, samples, args.method, args.strength, target, source_stats=source_stats,
         griffin_lim=args.griffin_lim, chunk_steps=args.chunk_steps,
-        overlap_steps=args.overlap_steps, batch_size=args.batch_size)
+        overlap_steps=args.overlap_steps, batch_size=args.batch_size, semitones=args.transpose)
     out = result.samples
     peak = float(np.max(np.abs(out)))
     if peak > 1.0:
@@ -290,6 +293,9 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
     codec = load_for_inference(args.checkpoint_dir)
     default_chunking(codec.config, args.chunk_steps, args.overlap_steps)
+    if args.transpose and (codec.config.feature != "world" or args.method == "eq"):
+        raise CliError(f"--transpose needs a world checkpoint and a method other than eq (this "
+                       f"one is {codec.config.feature}, --method {args.method})")
     for name in (args.target_singer, args.source_singer):
         if name is not None:
             codec.singer_id(name)  # refuses an unconditional checkpoint or an unknown name
@@ -333,7 +339,7 @@ def recipe(args: argparse.Namespace, uses_source_stats: bool) -> dict:
         "source_stats": path_identity(args.source_stats) if uses_source_stats else None,
         "source_singer": args.source_singer, "target_singer": args.target_singer,
         "griffin_lim": args.griffin_lim, "chunk_steps": args.chunk_steps,
-        "overlap_steps": args.overlap_steps,
+        "overlap_steps": args.overlap_steps, "transpose": args.transpose,
     }
 
 

@@ -75,33 +75,14 @@ class EncodedSong(NamedTuple):
         return -log_prob / (z.size * math.log(2.0))
 
 
-class Codec:
-    """A trained model, the Config it was built from and its feature normalisation.
+class SingerConditioning:
+    """The singer side of a :class:`Codec`: a conditional model's singer map, the conditioning
+    vectors it encodes and decodes under, and the flow as a singer classifier.
 
-    Args:
-        model: a :class:`model.Glow` (``encode`` x (B, H, W, C) -> (z (B, D), logdet (B,)),
-            ``decode`` its inverse, ``latent_shapes``); ActNorm initialised or restored.
-        config: the Config ``model`` was built from (rate, STFT, patch length).
-        stats: the normalisation the model was trained with (``feature_stats.json``).
-        singers: a singer-conditional model's singer names in id order (``singers.json``);
-            empty for an unconditional model.
-        singer: for a conditional model, the singer every encode and decode is done under
-            (see :meth:`with_singer`); :meth:`convert` decodes under another one.
+    Expects ``model``, ``config``, ``singers`` (names in id order, empty for an unconditional
+    model), ``condition`` (the vector encodes and decodes use, or None) and ``features``.
     """
 
-    def __init__(self, model, config: Config, stats: FeatureStats, singers: Sequence[str] = (),
-                 singer: Optional[str] = None):
-        self.model = model
-        self.config = config
-        self.stats = stats
-        self.singers: Tuple[str, ...] = tuple(singers)
-        if bool(self.singers) != bool(getattr(model, "conditional", False)):
-            raise MigrationError("a conditional model needs its singer map, an unconditional "
-                                 "one takes none")
-        self.singer = singer
-        self.condition = self.singer_condition(singer) if singer is not None else None
-
-    # ---------------------------------------------------------------- singers
     def singer_id(self, name: str) -> int:
         """The model's id of the singer ``name``.
 
@@ -125,7 +106,7 @@ class Codec:
     def with_singer(self, name: str) -> "Codec":
         """This codec with every encode and decode under the singer ``name`` (a conditional
         model; its latent statistics and moves then live in that singer's coordinates)."""
-        return Codec(self.model, self.config, self.stats, self.singers, name)
+        return type(self)(self.model, self.config, self.stats, self.singers, name)
 
     def _need_condition(self) -> None:
         if self.singers and self.condition is None:
@@ -160,6 +141,33 @@ class Codec:
         scores = self.singer_scores(samples)
         return min(scores, key=scores.get)
 
+
+class Codec(SingerConditioning):
+    """A trained model, the Config it was built from and its feature normalisation.
+
+    Args:
+        model: a :class:`model.Glow` (``encode`` x (B, H, W, C) -> (z (B, D), logdet (B,)),
+            ``decode`` its inverse, ``latent_shapes``); ActNorm initialised or restored.
+        config: the Config ``model`` was built from (rate, STFT, patch length).
+        stats: the normalisation the model was trained with (``feature_stats.json``).
+        singers: a singer-conditional model's singer names in id order (``singers.json``);
+            empty for an unconditional model.
+        singer: for a conditional model, the singer every encode and decode is done under
+            (see :meth:`with_singer`); :meth:`convert` decodes under another one.
+    """
+
+    def __init__(self, model, config: Config, stats: FeatureStats, singers: Sequence[str] = (),
+                 singer: Optional[str] = None):
+        self.model = model
+        self.config = config
+        self.stats = stats
+        self.singers: Tuple[str, ...] = tuple(singers)
+        if bool(self.singers) != bool(getattr(model, "conditional", False)):
+            raise MigrationError("a conditional model needs its singer map, an unconditional "
+                                 "one takes none")
+        self.singer = singer
+        self.condition = self.singer_condition(singer) if singer is not None else None
+
     def __repr__(self) -> str:
         config = self.config
         singers = f", singers {', '.join(self.singers)}" if self.singers else ""
@@ -179,11 +187,18 @@ class Codec:
         return song_to_features(samples, self.config, self.stats)
 
     def to_audio(self, x: np.ndarray, song: Optional[SongFeatures] = None,
-                 use_phase: bool = True) -> np.ndarray:
+                 use_phase: bool = True, semitones: float = 0.0) -> np.ndarray:
         """Samples ``(N,)`` float32 from normalised features ``x (T, W, C)``; with ``song`` (what
-        ``x`` came from) its length and, unless ``use_phase`` is False, its phase
-        (:func:`utils.features.features_to_song`; Griffin-Lim otherwise)."""
-        return features_to_song(x, self.config, self.stats, song=song, use_phase=use_phase)
+        ``x`` came from) its length and, unless ``use_phase`` is False, its phase or (world) its
+        F0 transposed by ``semitones`` (:func:`utils.features.features_to_song`)."""
+        self._check_transpose(semitones)
+        return features_to_song(x, self.config, self.stats, song=song, use_phase=use_phase,
+                                semitones=semitones)
+
+    def _check_transpose(self, semitones: float) -> None:
+        if semitones and self.config.feature != "world":
+            raise MigrationError(f"cannot transpose the {self.config.feature} feature: only the "
+                                 "world feature keeps F0 apart from the features")
 
     def check(self, samples: np.ndarray, name: str = "source", warn_short: bool = True
               ) -> np.ndarray:
@@ -243,6 +258,7 @@ class Codec:
         segment_seconds: Optional[float] = None,
         segment_overlap_seconds: Optional[float] = None,
         decode_condition: Optional[np.ndarray] = None,
+        semitones: float = 0.0,
     ) -> np.ndarray:
         """encode -> ``move(z)`` -> decode a whole song; returns ``(N,)`` float32 samples.
 
@@ -267,6 +283,7 @@ class Codec:
                 :data:`~utils.song_chunks.SEGMENT_OVERLAP_SECONDS`).
             decode_condition: a conditional model's conditioning vector ``(singer_dims,)`` to
                 decode under instead of :attr:`singer`'s (what :meth:`convert` does).
+            semitones: transpose the melody (the world feature, whose F0 is kept apart).
 
         Returns:
             exactly ``N`` samples; with ``move=None`` and the source phase, the song to float32
@@ -274,6 +291,7 @@ class Codec:
         """
         self._need_condition()
         decode_condition = self.condition if decode_condition is None else decode_condition
+        self._check_transpose(semitones)
         samples = self.check(samples)
         segment, overlap = segment_lengths(self.config, segment_seconds, segment_overlap_seconds)
         chunk, chunk_overlap = default_chunking(self.config, chunk_steps, overlap_steps)
@@ -284,7 +302,7 @@ class Codec:
                                    self.condition, decode_condition)
             if bound is not None:
                 x = bound(x, song.x)
-            return self.to_audio(x, song, use_phase=not griffin_lim)
+            return self.to_audio(x, song, use_phase=not griffin_lim, semitones=semitones)
 
         return render_in_segments(samples, segment, overlap, render)
 

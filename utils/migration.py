@@ -93,6 +93,7 @@ def migrate_song(
     batch_size: int = 8,
     segment_seconds: Optional[float] = None,
     segment_overlap_seconds: Optional[float] = None,
+    semitones: float = 0.0,
 ) -> MigrationResult:
     """Encode a whole song, move its latents toward ``reference`` and decode it to audio.
 
@@ -115,6 +116,7 @@ def migrate_song(
         segment_seconds, segment_overlap_seconds: audio segmentation (defaults
             :data:`~utils.song_chunks.SEGMENT_SECONDS`,
             :data:`~utils.song_chunks.SEGMENT_OVERLAP_SECONDS`).
+        semitones: transpose the melody (world feature only: its F0 is explicit).
 
     Returns:
         a :class:`MigrationResult`; ``samples`` has exactly N samples.
@@ -143,7 +145,7 @@ def migrate_song(
     out = codec.transform(
         samples, move, bound=bound, griffin_lim=griffin_lim, chunk_steps=chunk,
         overlap_steps=chunk_overlap, batch_size=batch_size, segment_seconds=segment_seconds,
-        segment_overlap_seconds=segment_overlap_seconds)
+        segment_overlap_seconds=segment_overlap_seconds, semitones=semitones)
     return MigrationResult(out, source_stats)
 
 
@@ -179,6 +181,9 @@ def migrate(codec: Codec, samples: np.ndarray, method: str, strength: float,
     if method == "eq":
         if target.bins is None:
             raise MigrationError("eq needs the per-bin statistics of a reference set")
+        if options.get("semitones"):
+            raise MigrationError("eq works on the STFT and cannot transpose; use a world "
+                                 "checkpoint's other methods")
         samples = codec.check(samples)
         return MigrationResult(eq_song(samples, codec.config, target.bins, strength), None)
     if method == "convert":

@@ -21,6 +21,7 @@ import tensorflow as tf
 from common_definitions import Config
 from utils.audio import AudioError, TooShortError, check_audio, load_audio
 from utils.errors import one_line
+from utils.world_records import cached_stats, update_cache
 from utils.features import MomentSum
 from utils.files import AUDIO_EXTENSIONS, atomic_write_text, audio_files
 from utils.records import (
@@ -233,14 +234,17 @@ def write_records(
     stale = {shard for shard, count in before.items() if after.get(shard, 0) != count}
     carry = {path for path, entry in keep.items() if entry["shard"] in stale}
 
-    # Moments of the songs this run handles anyway; the untouched shards are added after.
+    # Moments of the songs this run handles anyway; the untouched shards are added after. The
+    # world feature's come from its cache of analysed songs instead (one analysis per song).
+    world = config.feature == "world"
     moments = MomentSum(config)
+    add = (lambda samples: None) if world else moments.add
     writer = _ShardWriter(records_dir, old.get("next_shard", 0),
                           int(config.shard_size_seconds * config.sampling_rate))
     try:
         for song in iterate_songs(records_dir, sorted({keep[p]["shard"] for p in carry})):
             if song.path in carry:
-                moments.add(song.samples)
+                add(song.samples)
                 entries[song.path]["shard"] = writer.write(
                     serialize_song(song.samples, song.sampling_rate, song.path, song.label),
                     len(song.samples))
@@ -248,7 +252,7 @@ def write_records(
             entries[path] = entry = _decode(path, label, config)
             if entry["status"] == "ok":
                 samples = entry.pop("samples")
-                moments.add(samples)
+                add(samples)
                 entry["shard"] = writer.write(
                     serialize_song(samples, config.sampling_rate, path, label), len(samples))
     finally:
@@ -265,10 +269,16 @@ def write_records(
             os.remove(os.path.join(records_dir, name))
 
     source = fingerprint(manifest)
+    if world and ok:
+        update_cache(records_dir, config, sorted(referenced), log)
     if ok and saved_stats(records_dir, config, source) is None:
-        for song in iterate_songs(records_dir, sorted(referenced - set(writer.names))):
-            moments.add(song.samples)
-        moments.stats(source).save(stats_path(records_dir, config))
+        if world:
+            stats = cached_stats(records_dir, config, sorted(referenced), source)
+        else:
+            for song in iterate_songs(records_dir, sorted(referenced - set(writer.names))):
+                moments.add(song.samples)
+            stats = moments.stats(source)
+        stats.save(stats_path(records_dir, config))
     skipped = sorted((path, one_line(e["reason"]))
                      for path, e in entries.items() if e["status"] != "ok")
     for path, reason in skipped:
