@@ -2,7 +2,8 @@
 
     python evaluate.py --checkpoint_dir CK --virtual DIR --real DIR \\
         [--methods midpoint shift match eq convert] [--strengths 0 0.5 1] [--songs N] \\
-        [--heldout PATH] [--reference_stats S.npz] --json OUT.json
+        [--heldout PATH] [--reference_stats S.npz] [--compare_checkpoint_dir CK2 ...] \\
+        --json OUT.json
 
 Reports
 
@@ -22,6 +23,8 @@ Reports
   method gives its best P(real) by both judges at raw pitch accuracy >= 0.9;
 - for a conditional checkpoint, the accuracy of the flow as a singer classifier (the singer under
   whom each evaluated virtual song and each real song is most likely).
+- each ``--compare_checkpoint_dir`` (e.g. a ``--feature world`` run beside a spectrogram one):
+  the same reports on the same songs by the same judges, under ``"compared"`` in the JSON.
 
 The reference statistics are those of all ``--real`` songs (or ``--reference_stats``); the source
 statistics of ``shift`` and ``match`` are each song's own, as ``migrate.py`` does by default.
@@ -60,6 +63,9 @@ VIRTUAL, REAL = "virtual", "real"
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint_dir", required=True, help="trained checkpoint")
+    parser.add_argument("--compare_checkpoint_dir", action="append", default=[], metavar="CK",
+                        help="another checkpoint (e.g. of another --feature) evaluated on the same "
+                             "songs by the same judges; repeatable")
     parser.add_argument("--virtual", required=True, help="folder of the source singer's songs")
     parser.add_argument("--real", required=True, help="folder of the reference singer's songs")
     parser.add_argument("--methods", nargs="+", choices=METHOD_NAMES,
@@ -283,6 +289,7 @@ class Prepared(NamedTuple):
     codec: "Codec"
     reference: Optional["LatentStats"]  # from --reference_stats; None: computed over --real
     started: float  # time.perf_counter() when preparing began
+    compared: List["Codec"]  # --compare_checkpoint_dir, in order
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
@@ -319,7 +326,18 @@ def prepare(args: argparse.Namespace) -> Prepared:
         # The target is the --real folder's singer: refused on an unconditional checkpoint or
         # when the checkpoint does not know it.
         codec.singer_id(_label(args.real))
-    return Prepared(args, codec, reference, started)
+    codec.run_folder = args.checkpoint_dir
+    compared = []
+    for folder in args.compare_checkpoint_dir:
+        if not os.path.isdir(folder):
+            raise CliError(f"--compare_checkpoint_dir folder not found: {folder}")
+        other = load_for_inference(folder)
+        other.run_folder = folder
+        if other.config.sampling_rate != codec.config.sampling_rate:
+            raise CliError(f"{folder} is at {other.config.sampling_rate} Hz, --checkpoint_dir "
+                           f"at {codec.config.sampling_rate} Hz: the same songs cannot feed both")
+        compared.append(other)
+    return Prepared(args, codec, reference, started, compared)
 
 
 def _label(folder: str) -> str:
@@ -328,22 +346,14 @@ def _label(folder: str) -> str:
 
 
 def work(prepared: Prepared) -> dict:
-    """Evaluate; prints the table, writes ``--json`` and returns the results."""
-    from utils.eq_baseline import song_bin_stats
+    """Evaluate; prints the table(s), writes ``--json`` and returns the results."""
     from utils.frame_judge import FrameJudge
     from utils.metrics import SingerClassifier
-    from utils.migration import MigrationTarget
 
     args, codec = prepared.args, prepared.codec
     config = codec.config
     virtual = _load_folder(codec, args.virtual, VIRTUAL)
     real = _load_folder(codec, args.real, REAL)
-    flow_classifier = None
-    if codec.singers:
-        flow_classifier = _flow_classifier(codec, args, virtual[-args.songs:], real)
-        # The virtual songs are encoded under their singer: the folder's, else the most likely.
-        codec = codec.with_singer(_label(args.virtual) if _label(args.virtual) in codec.singers
-                                  else flow_classifier["virtual_singer"])
 
     count = min(args.songs, len(virtual))
     evaluated, rest = virtual[-count:], virtual[:-count]
@@ -356,30 +366,63 @@ def work(prepared: Prepared) -> dict:
     judges = Judges(SingerClassifier().fit(judged, config.sampling_rate),
                     FrameJudge().fit(judged, config.sampling_rate))
 
-    target = MigrationTarget(singer=_label(args.real) if codec.singers else None)
-    if any(m in LATENT_METHODS for m in args.methods):
-        target.latent = prepared.reference
-        if target.latent is None:
-            target.latent = codec.latent_stats((s for _, s in real), args.batch_size)
-    if "eq" in args.methods:
-        target.bins = song_bin_stats((s for _, s in real), config)
-
-    heldout = _heldout(codec, args.heldout, virtual + real, args.batch_size)
-    sources = [s for _, s in evaluated]
-    recon = [reconstruction_metrics(codec, s) for s in sources]
-    rows = evaluate_migration(codec, sources, {m: target for m in args.methods}, judges,
-                              args.methods, args.strengths)
-    best = best_rows(rows)
-    results = {
-        "checkpoint_dir": os.path.abspath(args.checkpoint_dir),
-        "config": config.to_dict(),
+    results = _evaluate_checkpoint(codec, args, args.methods, prepared.reference, virtual, real,
+                                   evaluated, judges)
+    results.update({
         "evaluated_songs": [p for p, _ in evaluated],
         "classifier": {"labels": [VIRTUAL, REAL], "virtual_songs": len(rest),
                        "real_songs": len(real), "in_sample": in_sample},
         "judges": {"per_second": "utils.metrics.SingerClassifier",
                    "frames": "utils.frame_judge.FrameJudge"},
-        "flow_classifier": flow_classifier,
         "reference": args.reference_stats or os.path.abspath(args.real),
+    })
+    # Other checkpoints (e.g. of another --feature) on the same songs and by the same judges; eq
+    # needs no model, so its rows above stand for every checkpoint.
+    results["compared"] = [
+        _evaluate_checkpoint(other, args, [m for m in args.methods if m != "eq" and (
+            m != "convert" or other.singers)], None, virtual, real, evaluated, judges)
+        for other in prepared.compared]
+    results["seconds"] = time.perf_counter() - prepared.started
+    atomic_write_text(args.json, json.dumps(_json_safe(results), indent=1))
+    print(f"wrote {args.json}")
+    return results
+
+
+def _evaluate_checkpoint(codec: "Codec", args: argparse.Namespace, methods: Sequence[str],
+                         reference: Optional["LatentStats"], virtual, real, evaluated,
+                         judges: Judges) -> dict:
+    """Held-out bits/dim, reconstruction and every method x strength of one checkpoint; prints
+    its table and summary."""
+    from utils.eq_baseline import song_bin_stats
+    from utils.migration import MigrationTarget
+
+    config = codec.config
+    print(f"== {os.path.abspath(codec_dir(codec, args))} ({config.feature}"
+          f"{', conditional' if codec.singers else ''})")
+    flow_classifier = None
+    if codec.singers:
+        flow_classifier = _flow_classifier(codec, args, evaluated, real)
+        # The virtual songs are encoded under their singer: the folder's, else the most likely.
+        codec = codec.with_singer(_label(args.virtual) if _label(args.virtual) in codec.singers
+                                  else flow_classifier["virtual_singer"])
+    target = MigrationTarget(singer=_label(args.real) if codec.singers else None)
+    if any(m in LATENT_METHODS for m in methods):
+        target.latent = reference
+        if target.latent is None:
+            target.latent = codec.latent_stats((s for _, s in real), args.batch_size)
+    if "eq" in methods:
+        target.bins = song_bin_stats((s for _, s in real), config)
+
+    heldout = _heldout(codec, args.heldout, virtual + real, args.batch_size)
+    sources = [s for _, s in evaluated]
+    recon = [reconstruction_metrics(codec, s) for s in sources]
+    rows = evaluate_migration(codec, sources, {m: target for m in methods}, judges, methods,
+                              args.strengths)
+    best = best_rows(rows)
+    results = {
+        "checkpoint_dir": os.path.abspath(codec_dir(codec, args)),
+        "config": config.to_dict(),
+        "flow_classifier": flow_classifier,
         "heldout": heldout,
         "reconstruction": {
             "snr_db": float(np.mean([r["snr_db"] for r in recon])),
@@ -392,19 +435,21 @@ def work(prepared: Prepared) -> dict:
                                            "frames_ref_migrated": r["frames_ref_migrated"],
                                            "raw_pitch_accuracy": r["raw_pitch_accuracy"]}
                                        for m, r in best.items()},
-        "seconds": time.perf_counter() - prepared.started,
     }
     print(format_table(rows))
-    print(format_summary(best, args.methods))
+    print(format_summary(best, methods))
     if flow_classifier is not None:
         print(f"the flow as a singer classifier: accuracy {flow_classifier['accuracy']:.3f} over "
               f"{flow_classifier['songs']} songs")
     print(f"held-out bits/dim {heldout['bits_per_dim']:.4f} over {heldout['patches']} patches "
           f"({heldout['source']}); reconstruction SNR {results['reconstruction']['snr_db']:.1f} dB,"
           f" LSD {results['reconstruction']['lsd_db']:.3f} dB")
-    atomic_write_text(args.json, json.dumps(_json_safe(results), indent=1))
-    print(f"wrote {args.json}")
     return results
+
+
+def codec_dir(codec: "Codec", args: argparse.Namespace) -> str:
+    """The run folder a codec was loaded from (recorded on it by :func:`prepare`)."""
+    return getattr(codec, "run_folder", args.checkpoint_dir)
 
 
 def _flow_classifier(codec: "Codec", args: argparse.Namespace, virtual, real) -> dict:
