@@ -116,7 +116,7 @@ def test_run_notebook(run):
     assert count_players(nb) >= 8
     written = sorted(os.listdir(out))
     assert {"reference_stats.npz", "midpoint_1.wav", "shift_1.wav", "match_1.wav",
-            "match_0.wav"} <= set(written), written
+            "eq_1.wav", "match_0.wav"} <= set(written), written
     text = "".join(o.get("text", "") for o in outputs(nb))
     assert "decode(encode(song)) vs song: SNR" in text
     assert digest(SPECTRUM) == before  # nothing written into the repository
@@ -140,7 +140,8 @@ def test_experiment_notebook(run):
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
     results = json.loads(evaluation.read_text())
     rows = {(row["method"], row["strength"]) for row in results["migration"]}
-    assert rows == {(m, s) for m in ("midpoint", "shift", "match") for s in (0.0, 1.0)}
+    # Every method this (unconditional) checkpoint supports: the latent moves and the baseline.
+    assert rows == {(m, s) for m in ("midpoint", "shift", "match", "eq") for s in (0.0, 1.0)}
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs(nb))
     assert "P(real)" in html and "bits/dim" in html
     assert digest(SPECTRUM) == before
