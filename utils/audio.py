@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import stat
 from typing import Optional, Tuple
 
 import numpy as np
@@ -136,6 +137,15 @@ def _decode(path: str) -> Tuple[np.ndarray, int]:
     raise AudioError(f"cannot decode: {primary}")
 
 
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
 def load_audio(path: str, sampling_rate: int) -> np.ndarray:
     """Decode ``path`` to mono float32 samples at ``sampling_rate`` Hz.
 
@@ -144,11 +154,16 @@ def load_audio(path: str, sampling_rate: int) -> np.ndarray:
     cut to whole seconds) and is never clipped, so full-scale clipping in the file survives.
 
     Raises:
-        AudioError: with a one-line reason: unreadable or empty file, undecodable or truncated
-            data, no samples, or non-finite samples (located in seconds of the file).
+        AudioError: with a one-line reason: not a regular file (a FIFO, socket or device is
+            never opened), unreadable or empty file, undecodable or truncated data, no
+            samples, or non-finite samples (located in seconds of the file).
     """
     try:
-        size = os.path.getsize(path)
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            # A FIFO, socket or device named like a song: opening it could block for ever.
+            raise AudioError(f"not a regular file ({_file_kind(info.st_mode)}), not read")
+        size = info.st_size
         with open(path, "rb"):  # a permission problem reads better as itself than as a codec error
             pass
     except OSError as err:

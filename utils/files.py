@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, List
+import warnings
+from typing import Callable, List, Optional, Sequence
 
 # Audio files the project reads, matched in any case.
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg")
@@ -53,16 +54,32 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write(path, write)
 
 
-def audio_files(folder: str) -> List[str]:
+def audio_files(folder: str, on_skip: Optional[Callable[[str, str], None]] = None,
+                exclude: Sequence[str] = ()) -> List[str]:
     """Every audio file under ``folder`` (recursively), as paths joined onto ``folder``.
 
     Hidden files and hidden folders (dot-names, e.g. an atomic write's temporary file) are
     skipped; folders are walked in sorted order and files sorted within each, so the order is the
-    same on every machine. Returns ``[]`` for a folder that holds no audio; the caller decides
-    whether that is an error (and raises its own :class:`~utils.errors.SinGlowError`).
+    same on every machine. A subfolder that cannot be read is reported to ``on_skip(path,
+    reason)`` (default: a warning) instead of being dropped without a word; folders in
+    ``exclude`` (e.g. a run's own output folders inside a data folder) are not walked. Files
+    are only listed, never opened: a FIFO named like a song is refused by the loader
+    (:func:`utils.audio.load_audio`) without blocking. Returns ``[]`` for a folder that holds no
+    audio; the caller decides whether that is an error.
     """
+    excluded = {os.path.realpath(path) for path in exclude}
+
+    def unreadable(error: OSError) -> None:
+        where = error.filename or folder
+        reason = f"folder not readable ({error.strerror or error}), skipped"
+        if on_skip is None:
+            warnings.warn(f"{where}: {reason}", stacklevel=3)
+        else:
+            on_skip(where, reason)
+
     found = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for root, dirs, names in os.walk(folder, onerror=unreadable):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and os.path.realpath(os.path.join(root, d)) not in excluded)
         found.extend(os.path.join(root, name) for name in sorted(names) if is_audio_file(name))
     return found
