@@ -276,6 +276,16 @@ def check_paths(args: argparse.Namespace) -> None:
         return
     if os.path.isdir(args.output):
         raise CliError(f"--output is a folder, expected a .wav path: {args.output}")
+    if not args.output.lower().endswith(".wav"):
+        raise CliError(f"--output must be a .wav path (its figure goes beside it as .png), got "
+                       f"{args.output}")
+    if os.path.exists(args.output) and os.path.samefile(args.output, args.source):
+        raise CliError(f"--output {args.output} is the source song: choose another path, the "
+                       "source is never overwritten")
+    for flag, folder in (("--reference", args.reference), ("--source_stats", args.source_stats)):
+        if folder and os.path.isdir(folder) and is_inside(args.output, folder):
+            raise CliError(f"--output {args.output} is inside the {flag} folder {folder}, which "
+                           "is never written to: choose a path outside it")
     output_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(output_dir):
         raise CliError(f"output folder does not exist: {output_dir}")
