@@ -202,8 +202,11 @@ class Glow(keras.Model):
             raise ValueError(f"coupling must be 'affine' or 'additive', got {self.coupling!r}")
 
     # ------------------------------------------------------------------ core passes
-    def _forward(self, x, cond=None, initialize: bool = False):
-        """x (B, H, W, C), cond (B, singer_dims) or None -> (whitened latents, logdet (B,))."""
+    def _forward(self, x, cond=None, initialize: bool = False, compute_dtype=None):
+        """x (B, H, W, C), cond (B, singer_dims) or None -> (whitened latents, logdet (B,)).
+
+        ``compute_dtype`` (bf16/fp16, training only; see :meth:`train_encode`): the coupling
+        networks' and split priors' convolutions in that dtype."""
         logdet = tf.zeros([tf.shape(x)[0]])
         latents = []
         h = x
@@ -213,13 +216,13 @@ class Glow(keras.Model):
                 if initialize:
                     # Only the ActNorm is set from data, on the input this step really sees.
                     step.actnorm.initialize(h)
-                h, step_logdet = step.forward(h, cond)
+                h, step_logdet = step.forward(h, cond, compute_dtype)
                 logdet += step_logdet
             prior = self.priors[level]
             if prior.conditional:
                 kept = h.shape[-1] // 2
                 h, z = tf.split(h, [kept, -1], axis=-1)
-                eps, prior_logdet = prior.whiten(z, h, cond)
+                eps, prior_logdet = prior.whiten(z, h, cond, compute_dtype=compute_dtype)
             else:
                 eps, prior_logdet = prior.whiten(h, singer=cond)
             logdet += prior_logdet
@@ -284,6 +287,21 @@ class Glow(keras.Model):
         ``singer`` for a conditional model."""
         cond = self.singer_condition(singer)
         latents, logdet = self._forward(tf.convert_to_tensor(x, tf.float32), cond)
+        return self._flatten(latents), logdet
+
+    def train_encode(self, x, singer=None, compute_dtype=tf.float32):
+        """:meth:`encode` as a mixed-precision train step computes it (utils/precision.py): the
+        coupling networks' and split priors' convolutions in ``compute_dtype`` (bf16 or fp16),
+        everything else, the variables and the returned ``(z (B, D), logdet (B,) nats)`` float32.
+
+        Not a ``tf.function`` of its own: it is traced into the caller's step, so a
+        low-precision graph is never cached as one of :meth:`encode`'s, which (with
+        :meth:`decode`) stays float32 and exactly invertible whatever precision trained the
+        weights.
+        """
+        cond = self.singer_condition(singer)
+        latents, logdet = self._forward(tf.convert_to_tensor(x, tf.float32), cond,
+                                        compute_dtype=compute_dtype)
         return self._flatten(latents), logdet
 
     @tf.function(reduce_retracing=True)

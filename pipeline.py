@@ -19,17 +19,18 @@ This module holds the compiled step, the loop and the non-finite policy. The res
 beside it: the strategy and the collectives across workers (:mod:`utils.distribute`), the data
 and its normalisation, settled before the trainer is built (:mod:`utils.training_data`), the
 checkpoint folder (:mod:`utils.run_folder`), TensorBoard, the progress bar and the output wavs
-(:mod:`utils.train_reports`), graceful Ctrl-C / SIGTERM (:mod:`utils.stop_signals`) and the
-optimizer (:mod:`utils.optimizer`). See ``design/training.md``.
+(:mod:`utils.train_reports`), graceful Ctrl-C / SIGTERM (:mod:`utils.stop_signals`), the
+optimizer (:mod:`utils.optimizer`), the metrics (:mod:`utils.train_metrics`), the validation
+curve with the best weights and early stopping (:mod:`utils.validation`) and mixed precision
+(:mod:`utils.precision`). See ``design/training.md``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import zlib
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -40,102 +41,25 @@ from data_loader import SongDataLoader
 from model import Glow, standard_normal_log_prob
 from utils.audio import check_invertible
 from utils.distribute import Collectives, cluster_size, make_strategy  # noqa: F401 (re-exported)
-from utils.errors import SinGlowError
 from utils.optimizer import SummedGradientAdam, WarmupSchedule
 from utils.plots import spectrogram_image  # noqa: F401 (re-exported)
+from utils.precision import MixedPrecision
 from utils.run_folder import CheckpointMismatch, RunFolder, check_checkpoint_dir  # noqa: F401
+from utils.run_folder import restore_model
 from utils.stop_signals import STOP_SIGNALS, StopRequest, signal_name
-from utils.train_reports import TrainingReport, make_clips, summary_clip
+# The metrics are re-exported: ``from pipeline import StepMetrics`` keeps working.
+from utils.train_metrics import (  # noqa: F401
+    ReplicaMetrics,
+    StepMetrics,
+    StepTotals,
+    TrainingDiverged,
+    TrainResult,
+)
+from utils.train_reports import TrainingReport
 from utils.training_data import TrainingData, prepare_training_data
+from utils.validation import Steering
 
 LN2 = math.log(2.0)
-
-
-class TrainingDiverged(SinGlowError, RuntimeError):
-    """Too many consecutive non-finite steps; the last checkpoint on disk is left intact."""
-
-
-# ---------------------------------------------------------------------------------- metrics
-class StepTotals(NamedTuple):
-    """Sums over the steps of one compiled call (float32 tensors inside it, floats outside).
-
-    ``bits_per_dim``, ``z_mean``, ``z_var`` and ``grad_norm`` (before clipping) are summed over
-    the applied steps, each already a mean over its global batch; ``applied`` and ``skipped``
-    count steps.
-    """
-
-    bits_per_dim: float = 0.0
-    z_mean: float = 0.0
-    z_var: float = 0.0
-    grad_norm: float = 0.0
-    applied: float = 0.0
-    skipped: float = 0.0
-
-    def __add__(self, other: "StepTotals") -> "StepTotals":  # type: ignore[override]
-        return StepTotals(*(a + b for a, b in zip(self, other)))
-
-
-@dataclasses.dataclass(frozen=True)
-class StepMetrics:
-    """Means over the applied steps of a stretch of training (NaN when none was applied).
-
-    bits_per_dim: bits per dimension; nll: nats per patch; z_mean, z_var: mean and variance of
-    z over its D dimensions, averaged over the batch; grad_norm: global gradient norm before
-    clipping; applied, skipped: step counts; seconds: wall time of the stretch.
-    """
-
-    bits_per_dim: float
-    nll: float
-    z_mean: float
-    z_var: float
-    grad_norm: float
-    applied: int
-    skipped: int
-    seconds: float = 0.0
-
-    @classmethod
-    def from_totals(cls, totals: StepTotals, dims: int, seconds: float = 0.0) -> "StepMetrics":
-        applied = float(totals.applied)
-        mean = (lambda value: float(value) / applied) if applied else (lambda value: math.nan)
-        bits = mean(totals.bits_per_dim)
-        return cls(bits, bits * dims * LN2, mean(totals.z_mean), mean(totals.z_var),
-                   mean(totals.grad_norm), int(applied), int(totals.skipped), seconds)
-
-    @property
-    def ran(self) -> int:
-        return self.applied + self.skipped
-
-    @property
-    def steps_per_second(self) -> float:
-        return self.ran / max(self.seconds, 1e-9)
-
-
-class _ReplicaMetrics(NamedTuple):
-    """One replica's share of a step's metrics (sums over its slice divided by the global batch),
-    so that their all-reduced sum is the global batch mean."""
-
-    bits_per_dim: tf.Tensor
-    z_mean: tf.Tensor
-    z_var: tf.Tensor
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """What :meth:`Trainer.fit` did.
-
-    step: the global step at the end; history: one dict per finished epoch (``epoch``, ``step``,
-    ``nll`` nats/patch, ``bits_per_dim``, ``z_mean``, ``z_var``, ``skipped_steps``,
-    ``steps_per_second``); interrupted: stopped by Ctrl-C or SIGTERM (a checkpoint was saved);
-    checkpoint: the last checkpoint written (or restored); outputs: name -> path of the wavs and
-    weights written at the end; stop_signal: the number of the signal that stopped it, else 0.
-    """
-
-    step: int
-    history: List[dict]
-    interrupted: bool = False
-    checkpoint: Optional[str] = None
-    outputs: Dict[str, str] = dataclasses.field(default_factory=dict)
-    stop_signal: int = 0
 
 
 # ---------------------------------------------------------------------------------- trainer
@@ -146,10 +70,12 @@ class Trainer:
     spectrogram settings whose STFT cannot be inverted for the audio summaries (``ValueError``)
     and a ``checkpoint_dir`` holding a checkpoint of another model (:class:`CheckpointMismatch`),
     before anything is written; settles the data (``data``, else :func:`prepare_training_data`:
-    records made incrementally, the normalisation chosen); builds the model, a warm-up Adam and
-    the checkpoint in the strategy's scope; and restores the latest checkpoint, printing ``resumed from PATH at step
-    N``. :meth:`fit` then initialises ActNorm on the first global batch unless restored, and
-    trains to ``config.epochs * config.steps_per_epoch`` steps.
+    records made incrementally, the validation split and the normalisation chosen); builds the
+    model, a warm-up Adam and the checkpoint in the strategy's scope; and restores the latest
+    checkpoint (``resumed from PATH at step N``), else for ``config.init_from`` that run's model
+    weights alone (fine-tuning: fresh optimizer, step 0). :meth:`fit` then initialises ActNorm on
+    the first global batch unless restored, and trains to ``config.epochs *
+    config.steps_per_epoch`` steps, validating every epoch (:class:`utils.validation.Steering`).
 
     Args:
         config: every hyperparameter and path.
@@ -172,15 +98,12 @@ class Trainer:
         self.collectives = Collectives(self.strategy)
         self.is_chief = self.collectives.task.is_chief
         self.report = TrainingReport(config, self.is_chief, log, progress)
-        if config.feature == "spectrogram":
-            # The summaries and output wavs invert spectrograms: refuse before training, not
-            # after the first epoch.
+        if config.feature == "spectrogram":  # the summaries invert it: refuse now, not later
             check_invertible(config)
         latest = check_checkpoint_dir(config)  # refuses a checkpoint of another model
         self.data = data or prepare_training_data(config, self.collectives, loader,
                                                   self.report.log)
         self.records, self.stats, self.singers = self.data.records, self.data.stats, self.data.singers
-        self._clip = None
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
             self.model = Glow.from_config(config, num_singers=len(self.singers))
@@ -193,6 +116,7 @@ class Trainer:
             self.skipped_steps = tf.Variable(0, name="skipped_steps", **counter)
             # Not checkpointed: a restart gets a fresh allowance of non-finite steps.
             self._nonfinite_run = tf.Variable(0, name="nonfinite_run", **counter)
+            self.precision = MixedPrecision(config.mixed_precision)
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, step=self.step,
             skipped_steps=self.skipped_steps)
@@ -200,6 +124,9 @@ class Trainer:
         self._train_loop = tf.function(self._train_loop_fn)
         if latest is not None:
             self.restore(latest)
+        elif config.init_from is not None:
+            self.start_from(config.init_from)
+        self.steering = Steering(self, resumed=latest is not None)
 
     # ------------------------------------------------------------------ state
     @property
@@ -218,6 +145,14 @@ class Trainer:
         self.collectives.broadcast_from_first_replica(variables)
         self.report.log(f"resumed from {path} at step {self.global_step}")
         return path
+
+    def start_from(self, run_dir: str) -> str:
+        """Fine-tuning: the model weights of the run folder ``run_dir`` (its latest checkpoint,
+        else its glow.weights.h5) on every worker; the optimizer and the step stay fresh."""
+        source = restore_model(self.model, run_dir)
+        self.collectives.broadcast_from_first_replica(list(self.model.variables))
+        self.report.log(f"starting from the weights of {source} (fresh optimizer, step 0)")
+        return source
 
     def save(self) -> Optional[str]:
         """Save a checkpoint numbered by the step (every worker calls it); its path or None."""
@@ -268,13 +203,14 @@ class Trainer:
         shape = x.shape[1:]
         dims = float(np.prod(shape)) if shape.is_fully_defined() else float(self.config.dims)
         global_batch = float(self.config.batch_size)
-        with tf.GradientTape() as tape:
-            z, logdet = self.model.encode(x, singer)
+        with tf.GradientTape() as tape:  # float32, or bf16/fp16 convolutions (MixedPrecision)
+            z, logdet = self.precision.encode(self.model, x, singer)
             bits = -(standard_normal_log_prob(z) + logdet) / (dims * LN2)  # (b,)
-            loss = tf.nn.compute_average_loss(bits, global_batch_size=self.config.batch_size)
-        grads = tape.gradient(loss, self.model.trainable_variables,
-                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        partial = _ReplicaMetrics(tf.reduce_sum(bits) / global_batch,
+            loss = self.precision.scale_loss(
+                tf.nn.compute_average_loss(bits, global_batch_size=self.config.batch_size))
+        grads = self.precision.unscale(tape.gradient(
+            loss, self.model.trainable_variables, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+        partial = ReplicaMetrics(tf.reduce_sum(bits) / global_batch,
                                   tf.reduce_sum(tf.reduce_mean(z, axis=1)) / global_batch,
                                   tf.reduce_sum(tf.math.reduce_variance(z, axis=1)) / global_batch)
         grads, partial = tf.distribute.get_replica_context().all_reduce(
@@ -312,8 +248,10 @@ class Trainer:
                 totals = totals + applied
             else:
                 self.skipped_steps.assign_add(1)
-                self._nonfinite_run.assign_add(1)
+                # An fp16 loss-scale overflow does not count toward divergence (precision.py).
+                self._nonfinite_run.assign_add(self.precision.divergence_count(applied[0]))
                 totals = totals + skipped
+            self.precision.update(finite)
             self.step.assign_add(1)
             if self._nonfinite_run >= limit:
                 break
@@ -343,24 +281,20 @@ class Trainer:
         config, report = self.config, self.report
         total = config.total_steps
         history: List[dict] = []
-        self.run_folder.write_run_files(self.stats, self.singers)
+        self.run_folder.write_run_files(self.stats, self.singers, self.data.split)
         start = self.global_step
-        if start >= total:
-            report.log(f"already trained to step {start} (epochs * steps_per_epoch = {total}); "
-                       "raise --epochs to train on")
+        finished = self.steering.finished(start, total)
+        if finished:
+            report.log(finished)
             return TrainResult(start, history, checkpoint=self.last_checkpoint)
         self.initialize()
         iterator = iter(self.distribute(self.training_dataset(start)))
         epoch_totals, epoch_seconds = StepTotals(), 0.0
-        stop = None
+        stop = early = None
         report.open(start, total)
         try:
             with StopRequest(report.log) as request:
-                report.log(
-                    f"training {self.model.name}: K={config.k_glow} L={config.l_glow} "
-                    f"hidden={config.hidden_channels}, patches {config.input_shape} "
-                    f"(D={config.dims}), global batch {config.batch_size} on "
-                    f"{self.strategy.num_replicas_in_sync} replica(s), steps {start} -> {total}")
+                report.starting(self.model, self.strategy.num_replicas_in_sync, start, total)
                 step = start
                 while step < total:
                     epoch_end = (step // config.steps_per_epoch + 1) * config.steps_per_epoch
@@ -374,10 +308,11 @@ class Trainer:
                     if step % config.steps_per_epoch == 0:
                         history.append(self._end_epoch(step, epoch_totals, epoch_seconds))
                         epoch_totals, epoch_seconds = StepTotals(), 0.0
+                        early = self.steering.stop_message(step)  # the same on every worker
                     # request.signum is only read here: a signal that lands during the
                     # all-reduce still counts at the next chunk.
                     stop = self.collectives.agreed_signal(request.signum, STOP_SIGNALS)
-                    if stop is not None:
+                    if stop is not None or early:
                         break
         finally:
             report.close()
@@ -388,14 +323,17 @@ class Trainer:
                        f"{self.last_checkpoint}")
             return TrainResult(self.global_step, history, True, self.last_checkpoint,
                                stop_signal=int(stop))
+        if early:
+            report.log(early)
         outputs = {}
         weights = self.run_folder.export_weights(self.model)
         if weights:
             outputs["weights"] = weights
-        outputs.update(report.write_outputs(report.last_clips or self.make_clips()))
+        outputs.update(report.write_outputs(report.last_clips or report.clips(self.model, self.data)))
         report.log(f"done at step {self.global_step}: checkpoint {self.last_checkpoint}, "
                    f"weights {weights}, audio in {config.output_dir}")
-        return TrainResult(self.global_step, history, False, self.last_checkpoint, outputs)
+        return TrainResult(self.global_step, history, False, self.last_checkpoint, outputs,
+                           stopped_early=bool(early))
 
     def _run_chunk(self, iterator, count: int):
         """One compiled call of ``count`` steps, then its report and the non-finite check;
@@ -410,18 +348,8 @@ class Trainer:
                           int(self.skipped_steps.numpy()))
         run = int(self._nonfinite_run.numpy())
         if run >= self.config.max_nonfinite_steps:
-            raise TrainingDiverged(
-                f"training stopped at step {step}: {run} consecutive non-finite steps (NaN/Inf "
-                f"loss or gradient); the last checkpoint ({self.last_checkpoint or 'none'}) is "
-                "intact; try a lower --learning_rate, a longer --warmup_steps or a smaller "
-                "--clip_norm")
+            raise TrainingDiverged.at(step, run, self.last_checkpoint)
         return totals, seconds
-
-    def make_clips(self):
-        """A reconstruction and a sample of ``SUMMARY_SECONDS`` from the first song's middle."""
-        self._clip = self._clip or summary_clip(self.records, self.config)
-        samples, label = self._clip
-        return make_clips(self.model, self.config, self.stats, samples, self.data.singer_id(label))
 
     def _end_epoch(self, step: int, totals: StepTotals, seconds: float) -> dict:
         metrics = StepMetrics.from_totals(totals, self.config.dims, seconds)
@@ -429,9 +357,7 @@ class Trainer:
         if self.run_folder.last_saved_step != step:
             self.save()
         if self.is_chief:
-            self.report.audio(step, self.make_clips())
-        self.report.epoch(epoch, step, metrics)
-        return {"epoch": epoch, "step": step, "nll": metrics.nll,
-                "bits_per_dim": metrics.bits_per_dim, "z_mean": metrics.z_mean,
-                "z_var": metrics.z_var, "skipped_steps": metrics.skipped,
-                "steps_per_second": metrics.steps_per_second}
+            self.report.audio(step, self.report.clips(self.model, self.data))
+        validation = self.steering.end_epoch(step)  # held-out bits/dim, best/ (every worker)
+        self.report.epoch(epoch, step, metrics, validation)
+        return metrics.history(epoch, step, validation)

@@ -10,6 +10,13 @@ Each ``--data_dir`` folder's name labels its songs. Records are made (incrementa
 checkpoint; a larger ``--epochs`` trains on. Ctrl-C (or SIGTERM, as sent by schedulers) saves a
 checkpoint of the step reached and exits (status 130, or 143 for SIGTERM).
 
+Every epoch the held-out songs (``--validation_split``, default 0.1 of each singer's songs, or
+``--validation_dir``) are scored: ``val B bits/dim`` on the epoch line, ``val_bits_per_dim`` in
+TensorBoard, the best weights in ``CHECKPOINT_DIR/best/`` (a run folder migrate.py and
+evaluate.py accept), and ``--early_stopping_patience N`` stops after N epochs without a lower
+one. ``--init_from CK`` starts a new run from another run's weights (fine-tuning);
+``--mixed_precision bf16|fp16`` trains with low-precision convolutions.
+
 Exit status: 0 done, 1 training failed (no usable data, diverged), 2 refused before any work
 (a bad flag, a missing or unreadable data folder, an unwritable output folder, a checkpoint of
 another model), 130 interrupted by Ctrl-C, 143 stopped by SIGTERM.
@@ -51,7 +58,7 @@ DEMO_DEFAULTS = {
 }
 
 # What to train on comes first in --help; then the valued flags in Config order; then switches.
-_LEADING = ("data_dirs", "demo")
+_LEADING = ("data_dirs", "validation_dirs", "demo")
 
 
 def _seed(text: str) -> int:
@@ -170,17 +177,19 @@ def _writable_dir(path: str, flag: str) -> None:
 def check_paths(config: Config) -> None:
     """Refuse missing or unreadable data folders and unwritable output folders (one line)."""
     demo_dirs = {os.path.join(DEMO_DATA_ROOT, "virtual"), os.path.join(DEMO_DATA_ROOT, "real")}
-    for folder in config.data_dirs:
+    folders = [("--data_dir", f) for f in config.data_dirs] + [
+        ("--validation_dir", f) for f in config.validation_dirs]
+    for flag, folder in folders:
         if config.demo and folder in demo_dirs:
             continue  # generated before training
         if not os.path.isdir(folder):
-            raise OSError(f"--data_dir {folder} is not a folder")
+            raise OSError(f"{flag} {folder} is not a folder")
         try:
             os.listdir(folder)
         except OSError as error:
-            raise OSError(f"--data_dir {folder} is not readable ({error.strerror or error})") from None
+            raise OSError(f"{flag} {folder} is not readable ({error.strerror or error})") from None
         if not os.access(folder, os.R_OK | os.X_OK):
-            raise OSError(f"--data_dir {folder} is not readable")
+            raise OSError(f"{flag} {folder} is not readable")
     if not config.data_dirs and not os.path.isfile(os.path.join(config.records_dir, "manifest.json")):
         raise ValueError(
             f"no data: give --data_dir (repeatable), a --records_dir holding records "
@@ -195,18 +204,20 @@ def check_paths(config: Config) -> None:
 
 
 def _prepare(args: argparse.Namespace):
-    """Every refusal that needs no work: flags, paths, and a checkpoint of another model."""
+    """Every refusal that needs no work: flags, paths, a checkpoint of another model, and an
+    ``--init_from`` that is not a run folder of the same model."""
     config = config_from_args(args)
     check_paths(config)
     # TensorFlow is imported only now: flag errors above come back at once.
     from pipeline import make_strategy
     from utils.audio import check_invertible
-    from utils.run_folder import check_checkpoint_dir
+    from utils.run_folder import check_checkpoint_dir, check_init_from
 
     strategy = make_strategy()  # first: MultiWorkerMirroredStrategy must precede other TF work
     if config.feature == "spectrogram":
         check_invertible(config)
-    check_checkpoint_dir(config)
+    if check_checkpoint_dir(config) is None:  # a run that resumes ignores --init_from
+        check_init_from(config)
     return config, strategy, args.no_progress
 
 

@@ -8,6 +8,7 @@ subprocesses because TensorFlow's devices and cluster are fixed when it starts.
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -272,6 +273,7 @@ from common_definitions import Config
 from pipeline import Trainer
 from utils.features import FeatureStats
 from utils.training_data import TrainingData
+from utils.validation import Validator
 
 # clip_norm is out of reach: a gradient summed twice would then show in Adam's moments.
 # K=1 because tracing dominates the run time and grows with the number of flow steps.
@@ -293,8 +295,11 @@ for devices, folder in ((["/cpu:0"], "/one"), (["/cpu:0", "/cpu:1"], "/two")):
         start = trainer.model.get_weights()
     iterator = iter(trainer.distribute(tf.data.Dataset.from_tensor_slices(batches[1:])))
     metrics = trainer.train_steps(iterator, 3)
-    results.append((trainer, metrics))
-(one, m1), (two, m2) = results
+    # The held-out bits/dim, computed in cross-replica context over mirrored variables.
+    held_out = tf.data.Dataset.from_tensor_slices(batches[0]).batch(3)
+    validation = Validator(trainer.model, trainer.config, held_out, trainer.collectives)()
+    results.append((trainer, metrics, validation))
+(one, m1, v1), (two, m2, v2) = results
 diff = lambda a, b: max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
                         for x, y in zip(a, b))
 print(json.dumps({
@@ -303,6 +308,8 @@ print(json.dumps({
     "slots": diff(one.optimizer.variables, two.optimizer.variables),
     "moved": diff(one.model.get_weights(), start),
     "bits": [m1.bits_per_dim, m2.bits_per_dim], "iterations": int(two.optimizer.iterations.numpy()),
+    "val": [v1.bits_per_dim, v2.bits_per_dim], "patches": [v1.patches, v2.patches],
+    "direct": float(np.mean(one.model.bits_per_dim(batches[0]).numpy())),
 }))
 """
 
@@ -315,6 +322,9 @@ def test_two_replicas_make_the_same_update_as_one(tmp_path):
     assert report["weights"] < 1e-5, report
     assert report["slots"] < 1e-5, report
     assert report["bits"][0] == pytest.approx(report["bits"][1], rel=1e-5)
+    assert report["patches"] == [8, 8]
+    assert report["val"][0] == pytest.approx(report["direct"], abs=1e-5)
+    assert report["val"][1] == pytest.approx(report["val"][0], abs=1e-4)
 
 
 WORKER_SCRIPT = """
@@ -366,3 +376,46 @@ def test_two_workers_train_to_identical_weights(tiny_records, tmp_path):
     for key in first.files:
         np.testing.assert_allclose(first[key], second[key], rtol=0, atol=1e-7, err_msg=key)
     assert os.listdir(tmp_path / "ck") and math.isfinite(reports[0]["bits"])
+
+
+VALIDATING_WORKER_SCRIPT = """
+import json, os, sys
+index, ports, records, folder = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3], sys.argv[4]
+os.environ["TF_CONFIG"] = json.dumps({
+    "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+    "task": {"type": "worker", "index": index}})
+from common_definitions import Config
+from pipeline import Trainer
+
+config = Config(n_fft=62, hop_length=16, window_size=16, k_glow=1, l_glow=1, hidden_channels=8,
+                batch_size=8, warmup_steps=2, learning_rate=2e-3, records_dir=records,
+                validation_split=0.5, epochs=2, steps_per_epoch=2, log_every=2,
+                griffin_lim_iters=1, early_stopping_patience=5, checkpoint_dir=folder + "/ck",
+                logdir=folder + "/logs", output_dir=folder + "/out")
+trainer = Trainer(config, log=lambda _: None, progress=False)
+result = trainer.fit()
+print(json.dumps({"chief": trainer.is_chief, "step": result.step,
+                  "val": [h["val_bits_per_dim"] for h in result.history],
+                  "held_out": list(trainer.data.split.held_out)}))
+"""
+
+
+def test_two_workers_validate_alike_and_only_the_chief_keeps_best(tiny_records, tmp_path):
+    records = str(tmp_path / "records")  # a copy: the training songs' statistics go beside it
+    shutil.copytree(tiny_records, records)
+    ports = f"{free_port()},{free_port()}"
+    workers = [run_script(tmp_path, f"worker{i}.py", VALIDATING_WORKER_SCRIPT,
+                          [str(i), ports, records, str(tmp_path)]) for i in range(2)]
+    try:
+        reports = [last_json(worker) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    assert [r["chief"] for r in reports] == [True, False]
+    assert all(r["step"] == 4 for r in reports)
+    assert reports[0]["held_out"] == reports[1]["held_out"] and len(reports[0]["held_out"]) == 2
+    assert reports[0]["val"] == reports[1]["val"] and all(math.isfinite(v) for v in reports[0]["val"])
+    best = tmp_path / "ck" / "best"
+    assert (best / "glow.weights.h5").is_file() and (tmp_path / "ck" / "validation.json").is_file()
+    assert load_for_inference(str(best)).model.is_initialized()

@@ -59,6 +59,13 @@ def test_flags_build_the_config():
     assert demo.demo and demo.epochs == 1 and demo.k_glow == train.DEMO_DEFAULTS["k_glow"]
     assert demo.checkpoint_dir == train.DEMO_DEFAULTS["checkpoint_dir"]
     assert all("demo_data" in d for d in demo.data_dirs)
+    steering = train.config_from_args(train.build_parser().parse_args(
+        ["--validation_dir", "held/a", "--validation_dir", "held/b", "--early_stopping_patience",
+         "3", "--mixed_precision", "bf16", "--init_from", "base/ck", "--renormalize"]))
+    assert steering.validation_dirs == ("held/a", "held/b")
+    assert steering.early_stopping_patience == 3 and steering.mixed_precision == "bf16"
+    assert steering.init_from == "base/ck" and steering.renormalize is True
+    assert Config().validation_split == 0.1 and Config().mixed_precision == "off"
 
 
 def test_every_config_field_has_one_flag_with_its_help():
@@ -96,6 +103,8 @@ def test_flags_reach_the_model_and_the_data(corpus, tmp_path):
 @pytest.mark.parametrize("case", [
     "zero_k", "unknown_flag", "bad_choice", "bad_number", "bad_shape", "missing_data_dir",
     "data_dir_is_a_file", "checkpoint_dir_under_a_file", "logdir_under_a_file", "no_data",
+    "bad_split", "patience_without_validation", "missing_validation_dir", "bad_precision",
+    "missing_init_from", "renormalize_alone",
 ])
 def test_bad_input_is_refused_on_one_line(case, corpus, tmp_path):
     blocker = tmp_path / "file.txt"
@@ -113,6 +122,16 @@ def test_bad_input_is_refused_on_one_line(case, corpus, tmp_path):
                                         ["--checkpoint_dir"]),
         "logdir_under_a_file": (data + ["--logdir", str(blocker / "logs")], ["--logdir"]),
         "no_data": (["--records_dir", str(tmp_path / "empty")], ["--data_dir"]),
+        "bad_split": (data + ["--validation_split", "1.5"], ["validation_split", "[0, 1)"]),
+        "patience_without_validation": (
+            data + ["--validation_split", "0", "--early_stopping_patience", "2"],
+            ["early_stopping_patience", "validation"]),
+        "missing_validation_dir": (data + ["--validation_dir", str(tmp_path / "held")],
+                                   ["--validation_dir", "held"]),
+        "bad_precision": (data + ["--mixed_precision", "fp8"], ["--mixed_precision"]),
+        "missing_init_from": (data + ["--init_from", str(tmp_path / "base")],
+                              ["--init_from", "not found"]),
+        "renormalize_alone": (data + ["--renormalize"], ["renormalize", "init_from"]),
     }[case]
     defaults = ["--checkpoint_dir", str(tmp_path / "ck"), "--logdir", str(tmp_path / "logs"),
                 "--records_dir", str(tmp_path / "rec"), "--output_dir", str(tmp_path / "out")]
@@ -134,14 +153,21 @@ def test_train_then_resume_then_refuse_another_model(corpus, tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     assert "Traceback" not in first.stderr
     assert "epoch 2/2 (step 6)" in first.stdout
+    # The default --validation_split 0.1 holds out one song of each singer's two.
+    assert "validation: 2 held-out song(s) (real 1, virtual 1) of 4" in first.stdout
+    epochs = [line for line in first.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and all(", val " in line for line in epochs)
     checkpoint_dir = str(tmp_path / "ck")
     latest = tf.train.latest_checkpoint(checkpoint_dir)
     assert tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE") == 6
     config = Config.load(os.path.join(checkpoint_dir, "config.json"))
     assert (config.k_glow, config.hidden_channels, config.n_fft) == (2, 8, 62)
     assert config.data_dirs == (corpus.a, corpus.b)
-    for name in ("feature_stats.json", "glow.weights.h5"):
-        assert os.path.isfile(os.path.join(checkpoint_dir, name))
+    for name in ("feature_stats.json", "glow.weights.h5", "validation.json",
+                 "best/config.json", "best/feature_stats.json", "best/glow.weights.h5"):
+        assert os.path.isfile(os.path.join(checkpoint_dir, name)), name
+    with open(os.path.join(checkpoint_dir, "validation.json"), encoding="utf-8") as handle:
+        split = handle.read()
     for name in ("reconstruction.wav", "sample.wav"):
         assert os.path.getsize(tmp_path / "out" / name) > 1000
     assert os.listdir(tmp_path / "logs")
@@ -151,7 +177,18 @@ def test_train_then_resume_then_refuse_another_model(corpus, tmp_path):
     assert f"resumed from {latest} at step 6" in second.stdout
     latest = tf.train.latest_checkpoint(checkpoint_dir)
     assert tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE") == 9
+    with open(os.path.join(checkpoint_dir, "validation.json"), encoding="utf-8") as handle:
+        assert handle.read() == split  # the resumed run holds out the same songs
 
     refused = run_cli(command + ["--epochs", "4", "--hidden_channels", "16"])  # the last wins
     assert_refused(refused, "hidden_channels=8 (now 16)", checkpoint_dir)
     assert tf.train.latest_checkpoint(checkpoint_dir) == latest
+
+
+def test_init_from_a_run_of_another_model_is_refused_on_one_line(tiny_run, corpus, tmp_path):
+    refused = run_cli(["--data_dir", corpus.a, *TINY_FLAGS, "--k_glow", "3",
+                       "--init_from", tiny_run.config.checkpoint_dir, *output_flags(tmp_path)],
+                      timeout=120)
+    assert_refused(refused, "--init_from", "k_glow=2 (now 3)")
+    assert refused.returncode == 2
+    assert not os.path.exists(tmp_path / "ck") and not os.path.exists(tmp_path / "rec")

@@ -24,6 +24,17 @@ import keras
 from utils.flow_ops import conv_from_few, conv_to_few
 
 
+def _low_precision(compute_dtype) -> bool:
+    """True when a train step asks for its convolutions in bf16 or fp16 (utils/precision.py);
+    None and float32 take the layers' float32 paths, the only ones inference uses."""
+    return compute_dtype is not None and tf.as_dtype(compute_dtype) != tf.float32
+
+
+def _as(value, dtype) -> tf.Tensor:
+    """``value`` (a tensor or a Keras variable) cast to ``dtype``."""
+    return tf.cast(tf.convert_to_tensor(value), dtype)
+
+
 def _spatial_size(x: tf.Tensor) -> tf.Tensor:
     """``H * W`` of an NHWC tensor as float32 (H may be dynamic for whole songs)."""
     shape = tf.shape(x)
@@ -192,6 +203,13 @@ class ZeroConv2D(keras.layers.Layer):
             h = tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
         return (h + self.bias) * tf.exp(3.0 * self.logs)
 
+    def low_precision(self, x, compute_dtype):
+        """:meth:`call` with the convolution in ``compute_dtype`` (x and kernel cast to it); the
+        result is cast back to float32 before the bias and the ``exp(3 * logs)`` scale."""
+        x, kernel = _as(x, compute_dtype), _as(self.kernel, compute_dtype)
+        h = conv_to_few(x, kernel) if self.gemm else tf.nn.conv2d(x, kernel, 1, "SAME")
+        return (tf.cast(h, tf.float32) + self.bias) * tf.exp(3.0 * self.logs)
+
 
 class CouplingNetwork(keras.layers.Layer):
     """``k x k conv -> ReLU -> 1x1 conv -> ReLU -> zero-initialised k x k conv``.
@@ -249,6 +267,23 @@ class CouplingNetwork(keras.layers.Layer):
         h = tf.nn.relu(h + self.cond_hidden(cond)[:, None, None, :])
         return self.conv_out(h)
 
+    def low_precision(self, x, cond, compute_dtype):
+        """:meth:`call` with its three convolutions in ``compute_dtype`` (bf16 or fp16): x, the
+        kernels and biases cast to it; the conditioning's linear maps run in float32 and are cast.
+        Returns float32 (the last convolution casts back before its bias and scale)."""
+        low = lambda value: _as(value, compute_dtype)  # noqa: E731
+        kernel = low(self.conv_in.kernel)
+        h = low(x)
+        h = conv_from_few(h, kernel) if self.gemm else tf.nn.conv2d(h, kernel, 1, "SAME")
+        h = h + low(self.conv_in.bias)
+        if cond is not None:
+            h = h + low(self.cond_in(cond))[:, None, None, :]
+        h = tf.nn.conv2d(tf.nn.relu(h), low(self.conv_hidden.kernel), 1, "SAME")
+        h = h + low(self.conv_hidden.bias)
+        if cond is not None:
+            h = h + low(self.cond_hidden(cond))[:, None, None, :]
+        return self.conv_out.low_precision(tf.nn.relu(h), compute_dtype)
+
 
 class AffineCoupling(FlowLayer):
     """Coupling layer: the first half of the channels conditions a transform of the second half.
@@ -276,17 +311,21 @@ class AffineCoupling(FlowLayer):
         )
         self.built = True
 
-    def _shift_scale(self, x_a, cond=None):
-        """(shift, scale logit) from the conditioning half; the logit is None when additive."""
-        h = self.network(x_a, cond)
+    def _shift_scale(self, x_a, cond=None, compute_dtype=None):
+        """(shift, scale logit) from the conditioning half; the logit is None when additive.
+        ``compute_dtype`` bf16/fp16: the network's convolutions in it (training only)."""
+        if _low_precision(compute_dtype):
+            h = self.network.low_precision(x_a, cond, compute_dtype)
+        else:
+            h = self.network(x_a, cond)
         if not self.affine:
             return h, None
         shift, raw = tf.split(h, 2, axis=-1)
         return shift, raw + self.scale_shift
 
-    def forward(self, x, cond=None):
+    def forward(self, x, cond=None, compute_dtype=None):
         x_a, x_b = tf.split(x, [self.split_at, -1], axis=-1)
-        shift, logit = self._shift_scale(x_a, cond)
+        shift, logit = self._shift_scale(x_a, cond, compute_dtype)
         if logit is None:
             return tf.concat([x_a, x_b + shift], axis=-1), tf.zeros([tf.shape(x)[0]])
         y_b = (x_b + shift) * tf.sigmoid(logit)
@@ -315,10 +354,12 @@ class FlowStep(FlowLayer):
         )
         self.built = True
 
-    def forward(self, x, cond=None):
+    def forward(self, x, cond=None, compute_dtype=None):
+        """``compute_dtype`` (training only): the coupling network's convolutions in bf16/fp16;
+        ActNorm, the 1x1 convolution and every log-determinant stay float32."""
         x, logdet_a = self.actnorm.forward(x)
         x, logdet_w = self.invconv.forward(x)
-        x, logdet_c = self.coupling.forward(x, cond)
+        x, logdet_c = self.coupling.forward(x, cond, compute_dtype)
         return x, logdet_a + logdet_w + logdet_c
 
     def inverse(self, y, cond=None):
@@ -371,8 +412,11 @@ class GaussianPrior(keras.layers.Layer):
             self.singer.build((None, self.singer_dims))
         self.built = True
 
-    def _params(self, cond: Optional[tf.Tensor], like: tf.Tensor, singer=None):
-        if self.conditional:
+    def _params(self, cond: Optional[tf.Tensor], like: tf.Tensor, singer=None,
+                compute_dtype=None):
+        if self.conditional and _low_precision(compute_dtype):
+            params = self.conv.low_precision(cond, compute_dtype)  # float32 out
+        elif self.conditional:
             params = self.conv(cond)
         else:
             params = tf.concat([self.mean, self.logs], axis=0) + tf.zeros_like(
@@ -381,8 +425,10 @@ class GaussianPrior(keras.layers.Layer):
             params = params + self.singer(singer)[:, None, None, :]
         return tf.split(params, 2, axis=-1)
 
-    def whiten(self, z, cond=None, singer=None):
-        mean, logs = self._params(cond, z, singer)
+    def whiten(self, z, cond=None, singer=None, compute_dtype=None):
+        """z -> (eps, logdet (B,) nats); ``compute_dtype`` (training only): the split prior's
+        convolution in bf16/fp16, the whitening itself in float32."""
+        mean, logs = self._params(cond, z, singer, compute_dtype)
         eps = (z - mean) * tf.exp(-logs)
         return eps, -tf.reduce_sum(logs, axis=[1, 2, 3])
 

@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -94,15 +94,19 @@ def fingerprint(manifest: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def stats_path(records_dir: str, config: Config) -> str:
-    """Where the statistics of ``config.feature`` are saved beside the records."""
-    return os.path.join(records_dir, f"feature_stats_{config.feature}.json")
+def stats_path(records_dir: str, config: Config, subset: Optional[str] = None) -> str:
+    """Where the statistics of ``config.feature`` are saved beside the records: over every song,
+    or (``subset``: the fingerprint of a selection, e.g. a run's training songs) over some."""
+    suffix = f"-{subset}" if subset else ""
+    return os.path.join(records_dir, f"feature_stats_{config.feature}{suffix}.json")
 
 
-def saved_stats(records_dir: str, config: Config, source: str) -> Optional[FeatureStats]:
-    """The saved statistics, if computed from the songs ``source`` names under ``config``."""
+def saved_stats(records_dir: str, config: Config, source: str,
+                subset: bool = False) -> Optional[FeatureStats]:
+    """The saved statistics, if computed from the songs ``source`` names under ``config``
+    (``subset``: the file of a selection of the songs, named by ``source``)."""
     try:
-        saved = FeatureStats.load(stats_path(records_dir, config))
+        saved = FeatureStats.load(stats_path(records_dir, config, source if subset else None))
     except (OSError, ValueError, KeyError):
         return None
     return saved if saved.matches(config) and saved.source == source else None
@@ -138,6 +142,11 @@ class Records:
         labels: the sorted labels (top-folder names, the singers) of the songs.
         shard_paths: the shards the manifest lists, sorted (an orphan from an interrupted run is
             never read).
+        song_labels: source path -> label of every song in the records.
+
+    ``stats``, ``training_dataset`` and ``evaluation_dataset`` take ``songs``: a collection of
+    source paths (keys of :attr:`song_labels`) to restrict them to, e.g. a run's training songs
+    or its held-out songs; None means every song.
 
     Raises:
         DataError: no records in the folder, records at another sampling rate, or none of their
@@ -163,20 +172,42 @@ class Records:
         self.shard_paths: List[str] = [os.path.join(self.records_dir, n) for n in names]
         # The singers (top-folder labels) of the songs, sorted: a conditional model's singer ids.
         self.labels: Tuple[str, ...] = tuple(sorted({e["label"] for e in songs.values()}))
+        self.song_labels: Dict[str, str] = {path: e["label"] for path, e in songs.items()}
+        self._manifest = manifest
+        self._entries = songs
         self._source = fingerprint(manifest)
-        self._longest = max(e["num_samples"] for e in songs.values())
         self._stats: Optional[FeatureStats] = None
+        self._subset_stats: Dict[str, FeatureStats] = {}
 
     def songs(self) -> Iterator[Song]:
         """Every song in the records, in shard order."""
         return iterate_songs(self.records_dir, [os.path.basename(p) for p in self.shard_paths])
 
-    def stats(self) -> FeatureStats:
-        """Normalisation statistics of ``config.feature`` over every song in the records.
+    def _selected(self, songs: Optional[Collection[str]]) -> Dict[str, dict]:
+        """The manifest entries of ``songs`` (every song when None).
 
-        Read from ``feature_stats_<feature>.json`` beside the records when it was computed from
+        Raises:
+            DataError: none of ``songs`` is in the records.
+        """
+        if songs is None:
+            return self._entries
+        chosen = {path: self._entries[path] for path in songs if path in self._entries}
+        if not chosen:
+            raise DataError(f"none of the {len(songs)} songs asked for is in the records in "
+                            f"{self.records_dir}")
+        return self._entries if len(chosen) == len(self._entries) else chosen
+
+    def stats(self, songs: Optional[Collection[str]] = None) -> FeatureStats:
+        """Normalisation statistics of ``config.feature`` over every song in the records, or over
+        ``songs`` (source paths) only.
+
+        Read from ``feature_stats_<feature>.json`` beside the records (for a selection:
+        ``feature_stats_<feature>-<fingerprint of the selection>.json``) when it was computed from
         the same songs under the same feature settings; otherwise recomputed and saved.
         """
+        entries = self._selected(songs)
+        if entries is not self._entries:
+            return self._stats_of(entries)
         if self._stats is None:
             self._stats = saved_stats(self.records_dir, self.config, self._source)
         if self._stats is None:
@@ -187,12 +218,29 @@ class Records:
             self._stats.save(stats_path(self.records_dir, self.config))
         return self._stats
 
+    def _stats_of(self, entries: Dict[str, dict]) -> FeatureStats:
+        """The statistics of the songs ``entries`` (a strict subset of the records)."""
+        source = fingerprint(dict(self._manifest, files=entries))
+        if source not in self._subset_stats:
+            stats = saved_stats(self.records_dir, self.config, source, subset=True)
+            if stats is None:
+                moments = MomentSum(self.config)
+                shards = sorted({e["shard"] for e in entries.values()})
+                for song in iterate_songs(self.records_dir, shards):
+                    if song.path in entries:
+                        moments.add(song.samples)
+                stats = moments.stats(source)
+                stats.save(stats_path(self.records_dir, self.config, source))
+            self._subset_stats[source] = stats
+        return self._subset_stats[source]
+
     def training_dataset(
         self,
         batch_size: Optional[int] = None,
         seed: Optional[int] = None,
         stats: Optional[FeatureStats] = None,
         labels: bool = False,
+        songs: Optional[Collection[str]] = None,
     ) -> tf.data.Dataset:
         """Endless batches ``(B, H, W, C)`` float32 (``config.input_shape``) of normalised patches
         at random offsets: shards, songs and patches shuffled, the last incomplete batch dropped
@@ -207,33 +255,40 @@ class Records:
                 gives the same batches.
             stats: normalise with these statistics (e.g. a checkpoint's) instead of the records'.
             labels: yield ``(patches, labels)`` with ``labels (B,)`` tf.string folder names.
+            songs: only these songs (source paths), e.g. a run's training songs.
         """
-        return self._dataset(batch_size, seed, stats, labels, training=True)
+        return self._dataset(batch_size, seed, stats, labels, training=True, songs=songs)
 
     def evaluation_dataset(
         self,
         batch_size: Optional[int] = None,
         stats: Optional[FeatureStats] = None,
         labels: bool = False,
+        songs: Optional[Collection[str]] = None,
     ) -> tf.data.Dataset:
         """One deterministic pass of batches ``(B, H, W, C)`` over aligned windows: each song cut
         into consecutive windows from its first sample, :func:`aligned_step` apart (the tail
         shorter than a patch is left out); the last batch may be smaller. Arguments as
-        :meth:`training_dataset`."""
-        return self._dataset(batch_size, None, stats, labels, training=False)
+        :meth:`training_dataset` (``songs``: e.g. a run's held-out songs)."""
+        return self._dataset(batch_size, None, stats, labels, training=False, songs=songs)
 
-    def _dataset(self, batch_size, seed, stats, labels: bool, training: bool) -> tf.data.Dataset:
+    def _dataset(self, batch_size, seed, stats, labels: bool, training: bool,
+                 songs: Optional[Collection[str]] = None) -> tf.data.Dataset:
         config = self.config
-        shards = self.shard_paths
+        entries = self._selected(songs)
+        shards = (self.shard_paths if entries is self._entries else
+                  [os.path.join(self.records_dir, n) for n in sorted({e["shard"] for e in
+                                                                      entries.values()})])
         stats = self.stats() if stats is None else stats
         batch_size = config.batch_size if batch_size is None else int(batch_size)
         seed = config.seed if seed is None else int(seed)
         patch = config.patch_samples
         step = aligned_step(config)
-        if self._longest < patch:
+        if max(e["num_samples"] for e in entries.values()) < patch:
+            which = "song" if entries is self._entries else "selected song"
             raise DataError(
-                f"no song in {self.records_dir} is one patch long ({config.patch_seconds:.2f} s); "
-                "lower window_size or add longer songs"
+                f"no {which} in {self.records_dir} is one patch long ({config.patch_seconds:.2f} "
+                "s); lower window_size or add longer songs"
             )
 
         ds = tf.data.Dataset.from_tensor_slices(shards)
@@ -244,6 +299,9 @@ class Records:
         ds = ds.map(parse_record, num_parallel_calls=tf.data.AUTOTUNE)
         # Records made for a smaller patch may hold songs too short for this one.
         ds = ds.filter(lambda song: song["num_samples"] >= patch)
+        if entries is not self._entries:
+            wanted = tf.constant(sorted(p.encode("utf-8", "surrogateescape") for p in entries))
+            ds = ds.filter(lambda song: tf.reduce_any(tf.equal(song["path"], wanted)))
         if training:
             ds = ds.shuffle(SONG_SHUFFLE_BUFFER, seed=seed + 1).repeat()
         ds = ds.enumerate()

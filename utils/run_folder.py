@@ -6,8 +6,13 @@ A checkpoint folder (``config.checkpoint_dir``) written by ``train.py``::
                            Config whose model fields agree
     feature_stats.json     the FeatureStats the training data was normalised with
     singers.json           a conditional model's singer map (names in id order)
+    validation.json        the songs held out of training (utils/validation.py), kept on resume
     checkpoint, ckpt-N.*   tf.train.Checkpoint(model, optimizer, step, skipped_steps), N = step
     glow.weights.h5        the model weights alone (Keras), written at the end of training
+    best/                  the weights of the lowest validation bits/dim so far, as a run folder
+                           of its own: config.json, feature_stats.json, [singers.json],
+                           glow.weights.h5 and best.json (step, epoch, val_bits_per_dim,
+                           val_nll); every --checkpoint_dir reader accepts it
 
 This module reads and writes those files; the trainer (``pipeline.py``) saves checkpoints through
 it, and inference (``migrate.py``, ``evaluate.py``, the notebooks) loads a run through
@@ -37,6 +42,12 @@ STATS_NAME = "feature_stats.json"
 WEIGHTS_NAME = "glow.weights.h5"
 # The singer map of a conditional model: {"singers": [name of id 0, name of id 1, ...]}.
 SINGERS_NAME = "singers.json"
+VALIDATION_NAME = "validation.json"
+BEST_NAME = "best"
+BEST_RECORD = "best.json"
+# While best/ is replaced: the previous one (renamed back if a crash left no best/).
+_BEST_OLD = ".best-old"
+_BEST_NEW_PREFIX = ".best-new-"
 
 
 class CheckpointMismatch(RefusedError, ValueError):
@@ -174,6 +185,50 @@ def saved_feature_stats(config: Config) -> Optional[FeatureStats]:
         raise CheckpointMismatch(f"cannot read {path}: {one_line(error)}") from None
 
 
+def check_init_from(config: Config) -> Optional[str]:
+    """Refuse ``config.init_from`` unless it is a run folder of the same model; returns it
+    (None without ``--init_from``).
+
+    Raises:
+        FileNotFoundError: the folder, its config.json or its weights are missing.
+        CheckpointMismatch: a model field differs (each named, on one line), or the folder is
+            ``checkpoint_dir`` itself.
+    """
+    source = config.init_from
+    if source is None:
+        return None
+    if os.path.abspath(source) == os.path.abspath(config.checkpoint_dir):
+        raise CheckpointMismatch(f"--init_from {source} is --checkpoint_dir itself: rerun "
+                                 "without --init_from to resume that run")
+    if not os.path.isdir(source):
+        raise FileNotFoundError(f"--init_from {source}: run folder not found")
+    saved = read_checkpoint_config(source)
+    if saved is None:
+        raise FileNotFoundError(f"--init_from {source} holds no {CONFIG_NAME}: not a run folder "
+                                "written by train.py")
+    problems = config.incompatibilities(saved)
+    if problems:
+        raise CheckpointMismatch(f"--init_from {source} is a run of another model configuration: "
+                                 f"{', '.join(problems)}; pass matching model flags")
+    if tf.train.latest_checkpoint(source) is None and not os.path.isfile(
+            os.path.join(source, WEIGHTS_NAME)):
+        raise FileNotFoundError(f"--init_from {source} holds no checkpoint and no {WEIGHTS_NAME}")
+    return source
+
+
+def init_from_stats(config: Config) -> FeatureStats:
+    """The ``feature_stats.json`` of ``config.init_from`` (a fine-tuning run normalises with it
+    unless ``--renormalize``)."""
+    path = os.path.join(config.init_from, STATS_NAME)
+    try:
+        stats = FeatureStats.load(path)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointMismatch(f"--init_from: cannot read {path}: {one_line(error)}") from None
+    if not stats.matches(config):
+        raise CheckpointMismatch(f"--init_from: {path} was computed under other feature settings")
+    return stats
+
+
 class RunFolder:
     """The checkpoint folder of a training run: numbered checkpoints and the files beside them.
 
@@ -226,9 +281,11 @@ class RunFolder:
         self.last_saved_step = int(self.step.numpy())
         return path
 
-    def write_run_files(self, stats: Optional[FeatureStats], singers: Sequence[str] = ()) -> None:
-        """Write ``config.json``, ``feature_stats.json`` and a conditional run's
-        ``singers.json`` (chief only)."""
+    def write_run_files(self, stats: Optional[FeatureStats], singers: Sequence[str] = (),
+                        split=None) -> None:
+        """Write ``config.json``, ``feature_stats.json``, a conditional run's ``singers.json``
+        and, when given, the validation ``split`` (a :class:`utils.validation.ValidationSplit`)
+        as ``validation.json`` (chief only)."""
         if not self.task.is_chief:
             return
         os.makedirs(self.path, exist_ok=True)
@@ -237,6 +294,73 @@ class RunFolder:
             stats.save(os.path.join(self.path, STATS_NAME))
         if singers:
             write_singers(self.path, singers)
+        if split is not None:
+            split.save(os.path.join(self.path, VALIDATION_NAME))
+
+    # ------------------------------------------------------------------ best/
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.path, BEST_NAME)
+
+    def _settle_best(self) -> None:
+        """Finish or undo a replacement of ``best/`` that a crash interrupted."""
+        old = os.path.join(self.path, _BEST_OLD)
+        if os.path.isdir(old) and not os.path.isdir(self.best_path):
+            os.rename(old, self.best_path)
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.isdir(self.path):
+            for name in os.listdir(self.path):
+                if name.startswith(_BEST_NEW_PREFIX):
+                    shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
+
+    def best_record(self) -> Optional[dict]:
+        """``best/best.json`` (``step``, ``epoch``, ``val_bits_per_dim``, ``val_nll``,
+        ``patches``) or None when the folder has no best weights yet."""
+        if self.task.is_chief:
+            self._settle_best()
+        try:
+            with open(os.path.join(self.best_path, BEST_RECORD), encoding="utf-8") as handle:
+                record = json.load(handle)
+            float(record["val_bits_per_dim"]), int(record["step"]), int(record["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return record
+
+    def write_best(self, model: Glow, stats: FeatureStats, singers: Sequence[str],
+                   record: dict) -> Optional[str]:
+        """Replace ``best/`` by a complete run folder of ``model``'s current weights: its
+        ``config.json`` (this run's, ``checkpoint_dir`` pointing at it), ``feature_stats.json``,
+        a conditional run's ``singers.json``, ``glow.weights.h5`` and ``best.json``
+        (``record``). Chief only (None on the other workers).
+
+        Never partial: the new folder is written beside (``.best-new-*``) and renamed into
+        place; the old one is first renamed to ``.best-old`` and removed after. A crash
+        between the two renames leaves ``.best-old``, which the next :meth:`best_record` or
+        :meth:`write_best` renames back.
+        """
+        if not self.task.is_chief:
+            return None
+        os.makedirs(self.path, exist_ok=True)
+        self._settle_best()
+        scratch = tempfile.mkdtemp(prefix=_BEST_NEW_PREFIX, dir=self.path)
+        old = os.path.join(self.path, _BEST_OLD)
+        try:
+            self.config.replace(checkpoint_dir=self.best_path).save(
+                os.path.join(scratch, CONFIG_NAME))
+            stats.save(os.path.join(scratch, STATS_NAME))
+            if singers:
+                write_singers(scratch, singers)
+            model.save_weights(os.path.join(scratch, WEIGHTS_NAME))
+            atomic_write_text(os.path.join(scratch, BEST_RECORD),
+                              json.dumps(record, indent=1) + "\n")
+            if os.path.isdir(self.best_path):
+                os.rename(self.best_path, old)
+            os.rename(scratch, self.best_path)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        return self.best_path
 
     def save(self, stats: Optional[FeatureStats], singers: Sequence[str] = ()) -> Optional[str]:
         """Save a checkpoint numbered by the step, with the run files; returns its path (chief)
@@ -276,7 +400,8 @@ def load_for_inference(checkpoint_dir: str) -> Codec:
     Reads ``config.json`` (rebuilds the model it describes), ``feature_stats.json`` (the
     normalisation the model was trained with), a conditional run's ``singers.json`` and the
     latest checkpoint's model weights (the optimizer state is ignored), or ``glow.weights.h5``
-    when the folder holds no checkpoint.
+    when the folder holds no checkpoint (as a run's ``best/`` folder, the weights of its lowest
+    validation bits/dim). The model computes in float32 whatever ``--mixed_precision`` trained it.
 
     Raises:
         FileNotFoundError: the folder, its config.json, feature_stats.json or weights are missing.
@@ -300,6 +425,10 @@ def load_for_inference(checkpoint_dir: str) -> Codec:
             f"{CONFIG_NAME}"
         )
 
+    if config.feature == "world":
+        from utils.world_features import require_pyworld
+
+        require_pyworld()  # one line naming pyworld, not an ImportError on the first song
     singers = read_singers(checkpoint_dir) or ()
     if config.conditional and not singers:
         raise CheckpointMismatch(f"{os.path.join(checkpoint_dir, SINGERS_NAME)} is missing: a "

@@ -9,7 +9,9 @@ TensorBoard tags (``config.logdir``): scalars ``nll`` (nats per patch), ``bits_p
 ``z_mean``, ``z_var``, ``grad_norm`` (mean over the applied steps of each compiled call),
 ``learning_rate``, ``skipped_steps``, ``steps_per_second``; once per epoch audio
 ``reconstruction`` and ``sample``, images ``reconstruction_spectrogram`` and
-``sample_spectrogram``, and the scalar ``reconstruction_snr_db``.
+``sample_spectrogram``, the scalar ``reconstruction_snr_db`` and, when songs are held out
+(:mod:`utils.validation`), ``val_bits_per_dim`` and ``val_nll`` (nats per patch) of the held-out
+songs.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class TrainingReport:
         self.progress = progress
         self._bar = None
         self._writer = None
+        self._clip: Optional[Tuple[np.ndarray, str]] = None
         self.last_clips: Optional[Clips] = None
 
     def log(self, message: str) -> None:
@@ -147,12 +150,46 @@ class TrainingReport:
             self.log(f"step {step}: skipped {metrics.skipped} non-finite step(s) (NaN/Inf loss "
                      f"or gradient; {skipped_total} in all)")
 
-    def epoch(self, epoch: int, step: int, metrics) -> None:
-        """The one line printed at the end of an epoch (its :class:`pipeline.StepMetrics`)."""
+    def starting(self, model, replicas: int, start: int, total: int) -> None:
+        """The line that opens training: the model, the patches, the batch and the steps."""
+        config = self.config
+        self.log(f"training {model.name}: K={config.k_glow} L={config.l_glow} "
+                 f"hidden={config.hidden_channels}, patches {config.input_shape} "
+                 f"(D={config.dims}), global batch {config.batch_size} on {replicas} "
+                 f"replica(s), steps {start} -> {total}"
+                 + ("" if config.mixed_precision == "off" else
+                    f", {config.mixed_precision} convolutions"))
+
+    def epoch(self, epoch: int, step: int, metrics, validation=None) -> None:
+        """The one line printed at the end of an epoch (its :class:`pipeline.StepMetrics`, and
+        the held-out :class:`utils.validation.ValidationMetrics` when the run validates:
+        ``val B bits/dim``, with ``(best)`` when it is the lowest so far)."""
+        val = "" if validation is None else (
+            f", val {validation.bits_per_dim:.4f} bits/dim" + (" (best)" if validation.best else ""))
         self.log(f"epoch {epoch}/{self.config.epochs} (step {step}): nll {metrics.nll:.1f} nats, "
-                 f"{metrics.bits_per_dim:.4f} bits/dim, z mean {metrics.z_mean:+.3f} "
+                 f"{metrics.bits_per_dim:.4f} bits/dim{val}, z mean {metrics.z_mean:+.3f} "
                  f"var {metrics.z_var:.3f}, {metrics.steps_per_second:.2f} steps/s, "
                  f"{metrics.skipped} skipped")
+
+    def validation(self, step: int, metrics) -> None:
+        """``val_bits_per_dim`` and ``val_nll`` (nats per patch) of the held-out songs at
+        ``step`` (a :class:`utils.validation.ValidationMetrics`)."""
+        if not self.is_chief or self._writer is None:
+            return
+        with self._writer.as_default(step=step):
+            tf.summary.scalar("val_bits_per_dim", metrics.bits_per_dim,
+                              description="mean bits/dim over every aligned patch of the "
+                                          "held-out songs")
+            tf.summary.scalar("val_nll", metrics.nll, description="nats per patch, held out")
+        self._writer.flush()
+
+    def clips(self, model, data) -> Clips:
+        """A reconstruction and a sample of ``SUMMARY_SECONDS`` from the middle of the first
+        song of ``data`` (the run's :class:`utils.training_data.TrainingData`: its records,
+        normalisation and singer ids) through ``model``."""
+        self._clip = self._clip or summary_clip(data.records, self.config)
+        samples, label = self._clip
+        return make_clips(model, self.config, data.stats, samples, data.singer_id(label))
 
     def audio(self, step: int, clips: Clips) -> None:
         """Audio and spectrogram images of a reconstruction and a sample, at ``step``."""

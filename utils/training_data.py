@@ -1,10 +1,17 @@
 """The data a training run uses, settled once before the trainer is built.
 
-:func:`prepare_training_data` brings the records up to date with ``config.data_dirs`` (on the chief
-worker; the others wait at a barrier and read what it wrote, on shared storage), opens them, and
-chooses the feature normalisation: the statistics saved beside the checkpoint when the run resumes
-(so the model keeps seeing what it was trained on), else the records' own. The result never
-changes during the run.
+:func:`prepare_training_data` brings the records up to date with ``config.data_dirs`` and
+``config.validation_dirs`` (on the chief worker; the others wait at a barrier and read what it
+wrote, on shared storage), opens them, settles which songs are held out for validation
+(:mod:`utils.validation`) and chooses the feature normalisation:
+
+- a resumed run: the statistics saved beside the checkpoint (so the model keeps seeing what it
+  was trained on);
+- a fine-tuning run (``--init_from CK``): CK's, unless ``--renormalize``;
+- else the statistics of the *training* songs (the held-out ones are left out, as they are of
+  every gradient).
+
+The result never changes during the run.
 """
 
 from __future__ import annotations
@@ -19,26 +26,59 @@ from common_definitions import Config
 from data_loader import Records, SongDataLoader
 from utils.distribute import Collectives
 from utils.features import FeatureStats
-from utils.run_folder import check_singers, check_checkpoint_dir, read_singers, saved_feature_stats
+from utils.run_folder import (
+    CheckpointMismatch,
+    check_checkpoint_dir,
+    check_init_from,
+    check_singers,
+    init_from_stats,
+    read_singers,
+    saved_feature_stats,
+)
+from utils.validation import ValidationSplit, settle_split
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingData:
     """The records a run trains on (None for a run fed batches by hand, e.g. a benchmark), the
-    :class:`FeatureStats` its patches are normalised with, and for a conditional model its
-    singer map (names in id order; empty when unconditional)."""
+    :class:`FeatureStats` its patches are normalised with, for a conditional model its singer
+    map (names in id order; empty when unconditional), and the songs it holds out for
+    validation (:class:`~utils.validation.ValidationSplit`; none by default)."""
 
     records: Optional[Records]
     stats: FeatureStats
     singers: Tuple[str, ...] = ()
+    split: ValidationSplit = ValidationSplit()
+
+    @property
+    def training_songs(self) -> Optional[Tuple[str, ...]]:
+        """The source paths trained on; None: every song of the records."""
+        return None if self.records is None else self.split.training_songs(self.records)
 
     def batches(self, config: Config, seed: int) -> tf.data.Dataset:
-        """Endless training batches seeded by ``seed``: patches ``(B, H, W, C)`` normalised with
-        :attr:`stats`, and for a conditional run ``(patches, singer ids (B,) int32)``."""
+        """Endless training batches seeded by ``seed`` from the training songs: patches
+        ``(B, H, W, C)`` normalised with :attr:`stats`, and for a conditional run
+        ``(patches, singer ids (B,) int32)``."""
         if self.records is None:
             raise ValueError("this run was given no records; feed it batches by hand")
+        songs = self.training_songs
+        only = {} if songs is None else {"songs": songs}
         dataset = self.records.training_dataset(config.batch_size, seed, self.stats,
-                                                labels=bool(self.singers))
+                                                labels=bool(self.singers), **only)
+        return self._with_ids(dataset)
+
+    def validation_batches(self, config: Config) -> Optional[tf.data.Dataset]:
+        """One pass over every aligned patch of the held-out songs, in batches of
+        ``config.batch_size`` (the last may be smaller), shaped as :meth:`batches`; None when
+        none is held out (or none of them is in the records any more)."""
+        held = () if self.records is None else self.split.present(self.records)
+        if not held:
+            return None
+        return self._with_ids(self.records.evaluation_dataset(
+            config.batch_size, self.stats, labels=bool(self.singers), songs=held))
+
+    def _with_ids(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """A conditional run's ``(patches, labels)`` as ``(patches, singer ids)``."""
         if not self.singers:
             return dataset
         table = tf.lookup.StaticHashTable(
@@ -55,36 +95,61 @@ class TrainingData:
 def prepare_training_data(config: Config, collectives: Collectives,
                           loader: Optional[SongDataLoader] = None,
                           log: Callable[[str], None] = print) -> TrainingData:
-    """Make (incrementally) and open the records of ``config``; pick the normalisation.
+    """Make (incrementally) and open the records of ``config``; settle the validation split;
+    pick the normalisation.
 
     Raises:
-        DataError: missing or empty folders, or no usable song in the records.
-        CheckpointMismatch: the checkpoint's ``feature_stats.json`` or ``singers.json`` cannot
-            be read, or the records hold a singer the conditional checkpoint does not know.
+        DataError: missing or empty folders, no usable song in the records, or a validation
+            split that cannot be made (see :func:`utils.validation.choose_split`).
+        CheckpointMismatch: the checkpoint's (or ``--init_from``'s) ``feature_stats.json``,
+            ``singers.json`` or ``validation.json`` cannot be read, ``--init_from`` is a run of
+            another model, or the records hold a singer the conditional run does not know.
     """
     loader = loader or SongDataLoader(config)
     chief = collectives.task.is_chief
+    resuming = check_checkpoint_dir(config) is not None
+    source = None if resuming else check_init_from(config)
+    if resuming and config.init_from is not None and chief:
+        log(f"{config.checkpoint_dir} holds a checkpoint: resuming it (--init_from "
+            f"{config.init_from} only starts a fresh run)")
     if config.data_dirs:
         if chief:
-            loader.make(config.data_dirs, config.records_dir, log=log)
+            loader.make(tuple(config.data_dirs) + tuple(config.validation_dirs),
+                        config.records_dir, log=log)
         collectives.barrier()
     records = loader.records(config.records_dir)
-    singers = _singers(config, records) if config.conditional else ()
-    own = records.stats()
-    saved = saved_feature_stats(config)
-    if saved is None:
-        return TrainingData(records, own, singers)
-    if chief and not (np.array_equal(saved.mean, own.mean) and np.array_equal(saved.std, own.std)):
-        log("the records' feature statistics changed since the checkpoint was written; "
-            "normalising with the checkpoint's")
-    return TrainingData(records, saved, singers)
+    split = settle_split(config, records, resuming, log if chief else (lambda _: None))
+    singers = _singers(config, records, resuming, source) if config.conditional else ()
+    own = records.stats(split.training_songs(records))
+    saved = None
+    if resuming:
+        saved = saved_feature_stats(config)
+        if saved is not None and chief and not _same(saved, own):
+            log("the training songs' feature statistics changed since the checkpoint was "
+                "written; normalising with the checkpoint's")
+    elif source is not None and not config.renormalize:
+        saved = init_from_stats(config)
+        if chief:
+            log(f"normalising with the feature statistics of --init_from {source} "
+                "(--renormalize: this run's training songs' own)")
+    return TrainingData(records, own if saved is None else saved, singers, split)
 
 
-def _singers(config: Config, records: Records) -> Tuple[str, ...]:
-    """The singer map of a conditional run: the checkpoint's when it resumes (refusing records
-    with a singer it does not know), else the records' labels in sorted order."""
-    saved = read_singers(config.checkpoint_dir) if check_checkpoint_dir(config) else None
+def _same(a: FeatureStats, b: FeatureStats) -> bool:
+    return bool(np.array_equal(a.mean, b.mean) and np.array_equal(a.std, b.std))
+
+
+def _singers(config: Config, records: Records, resuming: bool,
+             source: Optional[str]) -> Tuple[str, ...]:
+    """The singer map of a conditional run: the checkpoint's when it resumes, ``--init_from``'s
+    when it fine-tunes (refusing records with a singer that map does not know), else the
+    records' labels in sorted order."""
+    folder = config.checkpoint_dir if resuming else source
+    saved = read_singers(folder) if folder is not None else None
+    if saved is None and source is not None:
+        raise CheckpointMismatch(f"--init_from {source} is a conditional run without its "
+                                 "singers.json")
     if saved is None:
         return records.labels
-    check_singers(saved, records.labels, config.checkpoint_dir)
+    check_singers(saved, records.labels, folder)
     return saved

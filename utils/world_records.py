@@ -157,3 +157,21 @@ def cached_stats(records_dir: str, config: Config, shard_names: Sequence[str],
             moments.total = moments.total + total
             moments.squares = moments.squares + squares
     return moments.stats(source)
+
+
+def song_source(records_dir: str, config: Config, shard_paths: Sequence[str]):
+    """What the records' patch pipeline reads for the world feature instead of the audio shards
+    ``shard_paths``: ``(cache shard paths, parse)``, where ``parse(record)`` lays a cached song
+    out like :func:`utils.records.parse_record`'s songs, so it is cut into patches the same way:
+    ``audio`` is the features ``(T, world_dims, 2)`` (time steps are frames) and
+    ``num_samples`` their number of frames."""
+    names = [os.path.basename(path) for path in shard_paths]
+    paths = cached_shards(records_dir, config, names)
+
+    def parse(record):
+        parsed = parse_world_record(record, config)
+        return {"audio": parsed["features"], "num_samples": parsed["frames"],
+                "sampling_rate": tf.constant(config.sampling_rate, tf.int64),
+                "path": parsed["path"], "label": parsed["label"]}
+
+    return paths, parse
