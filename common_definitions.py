@@ -215,95 +215,7 @@ class Config:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise a one-line ``ValueError`` naming the bad field and how to fix it."""
-        if self.feature not in FEATURES:
-            raise ValueError(f"feature must be one of {FEATURES}, got {self.feature!r}")
-        if self.world_f0 not in WORLD_F0_METHODS:
-            raise ValueError(f"world_f0 must be one of {WORLD_F0_METHODS}, got {self.world_f0!r}")
-        if self.coupling not in COUPLINGS:
-            raise ValueError(f"coupling must be one of {COUPLINGS}, got {self.coupling!r}")
-        positive = (
-            "sampling_rate", "n_fft", "hop_length", "window_size", "channel_size", "k_glow",
-            "l_glow", "hidden_channels", "singer_dims", "world_dims", "batch_size", "epochs",
-            "steps_per_epoch",
-            "checkpoint_every", "max_checkpoints", "max_nonfinite_steps", "griffin_lim_iters",
-            "shuffle_buffer", "log_every",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("learning_rate", "clip_norm", "log_floor", "shard_size_seconds"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        if not isinstance(self.scale_shift, (int, float)) or not math.isfinite(self.scale_shift):
-            raise ValueError(f"scale_shift must be a finite number, got {self.scale_shift!r}")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
-        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature < math.inf:
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
-        self._validate_steering()
-        if self.l_glow > 12:
-            raise ValueError(f"l_glow must be at most 12, got {self.l_glow}")
-        step = 2 ** self.l_glow
-        height, width, channels = self.input_shape
-        if self.feature in ("spectrogram", "world"):
-            if self.channel_size != 1:
-                raise ValueError(
-                    f"channel_size must be 1 for the {self.feature} feature, got "
-                    f"{self.channel_size}"
-                )
-            if self.hop_length > self.n_fft:
-                raise ValueError(
-                    f"hop_length ({self.hop_length}) must not exceed n_fft ({self.n_fft}), "
-                    "or the STFT cannot be inverted"
-                )
-            if self.feature == "world" and width % step:
-                raise ValueError(
-                    f"world_dims={width} does not divide by 2**l_glow={step}; choose a multiple "
-                    f"of {step} (e.g. {max(step, width - width % step)}) or lower l_glow")
-            if self.feature == "spectrogram" and width % step:
-                raise ValueError(
-                    f"n_fft={self.n_fft} gives {width} frequency bins, which does not divide by "
-                    f"2**l_glow={step}; choose n_fft so that n_fft // 2 + 1 divides by {step} "
-                    f"(e.g. n_fft={2 * step * (width // step) - 2}) or lower l_glow"
-                )
-        elif self.window_size % self.channel_size:
-            raise ValueError(
-                f"window_size ({self.window_size}) must be a multiple of channel_size "
-                f"({self.channel_size})"
-            )
-        if height % step:
-            lower = max(step, height - height % step)
-            raise ValueError(
-                f"the patch has {height} time steps, which does not divide by 2**l_glow={step}; "
-                f"set window_size to a multiple of {step * (1 if self.feature == 'spectrogram' else self.channel_size)} "
-                f"(e.g. {lower * (1 if self.feature == 'spectrogram' else self.channel_size)}) "
-                "or lower l_glow"
-            )
-
-    def _validate_steering(self) -> None:
-        """The validation curve, early stopping, fine-tuning and mixed precision fields."""
-        split = self.validation_split
-        if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 <= split < 1:
-            raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}")
-        patience = self.early_stopping_patience
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"early_stopping_patience must be an integer >= 0, got {patience!r}")
-        if patience and not split and not self.validation_dirs:
-            raise ValueError("early_stopping_patience needs a validation curve: set "
-                             "validation_split > 0 or give validation_dirs")
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got "
-                             f"{self.mixed_precision!r}")
-        if self.init_from is not None and (not isinstance(self.init_from, str)
-                                           or not self.init_from):
-            raise ValueError(f"init_from must be a run folder, got {self.init_from!r}")
-        if self.renormalize and self.init_from is None:
-            raise ValueError("renormalize only applies with init_from (a fresh run always "
-                             "normalises with its training songs' statistics)")
+        _check(self)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -392,6 +304,100 @@ class Config:
         mine, theirs = self.model_signature(), other.model_signature()
         return [f"{k}={theirs[k]!r} (now {mine[k]!r})" for k in MODEL_FIELDS if mine[k] != theirs[k]]
 
+
+
+def _check(config: "Config") -> None:
+    """Raise a one-line ``ValueError`` naming the bad field of ``config`` and how to fix it."""
+    if config.feature not in FEATURES:
+        raise ValueError(f"feature must be one of {FEATURES}, got {config.feature!r}")
+    if config.world_f0 not in WORLD_F0_METHODS:
+        raise ValueError(f"world_f0 must be one of {WORLD_F0_METHODS}, got {config.world_f0!r}")
+    if config.coupling not in COUPLINGS:
+        raise ValueError(f"coupling must be one of {COUPLINGS}, got {config.coupling!r}")
+    positive = (
+        "sampling_rate", "n_fft", "hop_length", "window_size", "channel_size", "k_glow",
+        "l_glow", "hidden_channels", "singer_dims", "world_dims", "batch_size", "epochs",
+        "steps_per_epoch",
+        "checkpoint_every", "max_checkpoints", "max_nonfinite_steps", "griffin_lim_iters",
+        "shuffle_buffer", "log_every",
+    )
+    for name in positive:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for name in ("learning_rate", "clip_norm", "log_floor", "shard_size_seconds"):
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    if not isinstance(config.scale_shift, (int, float)) or not math.isfinite(config.scale_shift):
+        raise ValueError(f"scale_shift must be a finite number, got {config.scale_shift!r}")
+    if not isinstance(config.seed, int) or not 0 <= config.seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {config.seed!r}")
+    if not isinstance(config.warmup_steps, int) or config.warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an integer >= 0, got {config.warmup_steps!r}")
+    if not isinstance(config.temperature, (int, float)) or not 0 <= config.temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0, got {config.temperature!r}")
+    _validate_steering(config)
+    if config.l_glow > 12:
+        raise ValueError(f"l_glow must be at most 12, got {config.l_glow}")
+    step = 2 ** config.l_glow
+    height, width, channels = config.input_shape
+    if config.feature in ("spectrogram", "world"):
+        if config.channel_size != 1:
+            raise ValueError(
+                f"channel_size must be 1 for the {config.feature} feature, got "
+                f"{config.channel_size}"
+            )
+        if config.hop_length > config.n_fft:
+            raise ValueError(
+                f"hop_length ({config.hop_length}) must not exceed n_fft ({config.n_fft}), "
+                "or the STFT cannot be inverted"
+            )
+        if config.feature == "world" and width % step:
+            raise ValueError(
+                f"world_dims={width} does not divide by 2**l_glow={step}; choose a multiple "
+                f"of {step} (e.g. {max(step, width - width % step)}) or lower l_glow")
+        if config.feature == "spectrogram" and width % step:
+            raise ValueError(
+                f"n_fft={config.n_fft} gives {width} frequency bins, which does not divide by "
+                f"2**l_glow={step}; choose n_fft so that n_fft // 2 + 1 divides by {step} "
+                f"(e.g. n_fft={2 * step * (width // step) - 2}) or lower l_glow"
+            )
+    elif config.window_size % config.channel_size:
+        raise ValueError(
+            f"window_size ({config.window_size}) must be a multiple of channel_size "
+            f"({config.channel_size})"
+        )
+    if height % step:
+        lower = max(step, height - height % step)
+        raise ValueError(
+            f"the patch has {height} time steps, which does not divide by 2**l_glow={step}; "
+            f"set window_size to a multiple of {step * (1 if config.feature == 'spectrogram' else config.channel_size)} "
+            f"(e.g. {lower * (1 if config.feature == 'spectrogram' else config.channel_size)}) "
+            "or lower l_glow"
+        )
+
+
+def _validate_steering(config) -> None:
+    """The validation curve, early stopping, fine-tuning and mixed precision fields."""
+    split = config.validation_split
+    if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 <= split < 1:
+        raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}")
+    patience = config.early_stopping_patience
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        raise ValueError(f"early_stopping_patience must be an integer >= 0, got {patience!r}")
+    if patience and not split and not config.validation_dirs:
+        raise ValueError("early_stopping_patience needs a validation curve: set "
+                         "validation_split > 0 or give validation_dirs")
+    if config.mixed_precision not in MIXED_PRECISIONS:
+        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got "
+                         f"{config.mixed_precision!r}")
+    if config.init_from is not None and (not isinstance(config.init_from, str)
+                                       or not config.init_from):
+        raise ValueError(f"init_from must be a run folder, got {config.init_from!r}")
+    if config.renormalize and config.init_from is None:
+        raise ValueError("renormalize only applies with init_from (a fresh run always "
+                         "normalises with its training songs' statistics)")
 
 # Fields that fix the shapes and the meaning of a trained model (marked ``model`` in their
 # metadata), in field order. A checkpoint written under one value of these can never be restored

@@ -137,11 +137,16 @@ def transform_features(
     for begin in range(0, len(starts), batch_size):
         batch_starts = starts[begin:begin + batch_size]
         chunks = np.stack([padded[s:s + chunk_steps] for s in batch_starts])
-        z, _ = model.encode(chunks, _repeat(encode_condition, len(chunks)))
+        # An unconditional model is called without a singer (any Glow-like model will do).
+        encode_args = () if encode_condition is None else (
+            _repeat(encode_condition, len(chunks)),)
+        decode_args = () if decode_condition is None else (
+            _repeat(decode_condition, len(chunks)),)
+        z, _ = model.encode(chunks, *encode_args)
         z = z.numpy()
         if latent_fn is not None:
             z = np.asarray(latent_fn(z), dtype=np.float32)
-        decoded = model.decode(z, _repeat(decode_condition, len(chunks))).numpy()
+        decoded = model.decode(z, *decode_args).numpy()
         # A latent moved far off the data can decode to inf/nan; that stays visible in the
         # output (for migration.bound_features to replace) instead of raising here.
         with np.errstate(invalid="ignore", over="ignore"):
