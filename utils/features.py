@@ -57,6 +57,8 @@ def patch_features(windows, config: Config) -> tf.Tensor:
     """
     if config.feature == "spectrogram":
         return log_magnitude(windows, config, center=False)[..., None]
+    if config.feature == "world":  # windows of cached WORLD frames are the features already
+        return tf.convert_to_tensor(windows, tf.float32)
     return waveform_patches(windows, config)
 
 

@@ -211,12 +211,24 @@ class Records:
         if self._stats is None:
             self._stats = saved_stats(self.records_dir, self.config, self._source)
         if self._stats is None:
-            moments = MomentSum(self.config)
-            for song in self.songs():
-                moments.add(song.samples)
-            self._stats = moments.stats(self._source)
+            self._stats = self._compute_stats(self._entries, self._source)
             self._stats.save(stats_path(self.records_dir, self.config))
         return self._stats
+
+    def _compute_stats(self, entries: Dict[str, dict], source: str) -> FeatureStats:
+        """Moments of the songs ``entries``: of their audio, or for the world feature of their
+        cached WORLD analyses (each song is analysed once, when the records are made)."""
+        shards = sorted({e["shard"] for e in entries.values()})
+        if self.config.feature == "world":
+            from utils.world_records import cached_stats
+
+            return cached_stats(self.records_dir, self.config, shards, source,
+                                keep=lambda path: path in entries)
+        moments = MomentSum(self.config)
+        for song in iterate_songs(self.records_dir, shards):
+            if song.path in entries:
+                moments.add(song.samples)
+        return moments.stats(source)
 
     def _stats_of(self, entries: Dict[str, dict]) -> FeatureStats:
         """The statistics of the songs ``entries`` (a strict subset of the records)."""
@@ -224,12 +236,7 @@ class Records:
         if source not in self._subset_stats:
             stats = saved_stats(self.records_dir, self.config, source, subset=True)
             if stats is None:
-                moments = MomentSum(self.config)
-                shards = sorted({e["shard"] for e in entries.values()})
-                for song in iterate_songs(self.records_dir, shards):
-                    if song.path in entries:
-                        moments.add(song.samples)
-                stats = moments.stats(source)
+                stats = self._compute_stats(entries, source)
                 stats.save(stats_path(self.records_dir, self.config, source))
             self._subset_stats[source] = stats
         return self._subset_stats[source]
@@ -282,21 +289,28 @@ class Records:
         stats = self.stats() if stats is None else stats
         batch_size = config.batch_size if batch_size is None else int(batch_size)
         seed = config.seed if seed is None else int(seed)
-        patch = config.patch_samples
+        # Time steps of one patch in what is cut: samples, or the world feature's cached frames.
+        world = config.feature == "world"
+        patch = config.window_size if world else config.patch_samples
         step = aligned_step(config)
-        if max(e["num_samples"] for e in entries.values()) < patch:
+        if max(e["num_samples"] for e in entries.values()) < config.patch_samples:
             which = "song" if entries is self._entries else "selected song"
             raise DataError(
                 f"no {which} in {self.records_dir} is one patch long ({config.patch_seconds:.2f} "
                 "s); lower window_size or add longer songs"
             )
 
+        parse = parse_record
+        if world:  # the cached WORLD features of the same songs instead of their audio
+            from utils.world_records import song_source
+
+            shards, parse = song_source(self.records_dir, config, shards)
         ds = tf.data.Dataset.from_tensor_slices(shards)
         if training:
             ds = ds.shuffle(len(shards), seed=seed)
         ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(shards)),
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.map(parse_record, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
         # Records made for a smaller patch may hold songs too short for this one.
         ds = ds.filter(lambda song: song["num_samples"] >= patch)
         if entries is not self._entries:
