@@ -98,3 +98,66 @@ def test_a_world_flow_decodes_what_it_encoded_to_worlds_own_resynthesis(song):
     assert whole.x.shape[0] % WORLD.time_multiple == 0
     again = features_to_song(whole.x, WORLD, stats, whole)
     assert snr_db(resynthesis, again) >= 60.0
+
+
+# ---------------------------------------------------------------------------------- records, training
+@pytest.fixture(scope="module")
+def world_run(demo_corpus, tmp_path_factory):
+    """Records of the demo corpus under a tiny world config, and a conditional model trained on
+    them by pipeline.Trainer (a few seconds)."""
+    from pipeline import Trainer
+    from tests.conftest import tiny_config
+
+    folder = tmp_path_factory.mktemp("world_run")
+    config = tiny_config(str(folder / "records"), folder, feature="world", world_dims=16,
+                         hop_length=256, n_fft=510, window_size=16, conditional=True,
+                         singer_dims=4, epochs=1, steps_per_epoch=6, checkpoint_every=6,
+                         data_dirs=demo_corpus.data_dirs)
+    messages = []
+    result = Trainer(config, log=messages.append, progress=False).fit()
+    return config, result, messages
+
+
+def test_world_records_cache_the_analysis_once(world_run, monkeypatch):
+    from data_loader import SongDataLoader
+    from utils import world_features, world_records
+
+    config, result, messages = world_run
+    assert result.step == 6 and np.isfinite(result.history[-1]["bits_per_dim"])
+    assert any("world features: analysed the songs of" in m for m in messages)
+    folder = world_records.cache_dir(config.records_dir, config)
+    assert os.path.isdir(folder) and any(n.startswith("shard-") for n in os.listdir(folder))
+    records = SongDataLoader(config).records()
+    patches, names = next(iter(records.training_dataset(labels=True)))
+    assert tuple(patches.shape) == (config.batch_size, 16, 16, 2) and np.isfinite(patches).all()
+    # The cached features are WORLD's analysis of the same songs.
+    song = next(iter(records.songs()))
+    cached = next(s for s in world_records.iterate_features(
+        config.records_dir, config, [os.path.basename(p) for p in records.shard_paths])
+        if s["path"] == song.path)
+    np.testing.assert_allclose(cached["features"],
+                               world_features.analyse(song.samples, config).features, atol=1e-5)
+    # Making the records again analyses nothing.
+    calls = []
+    monkeypatch.setattr(world_features, "analyse", lambda *a: calls.append(a) or None)
+    SongDataLoader(config).make(log=lambda _: None)
+    assert calls == []
+    stats = records.stats()
+    assert stats.channels == 2 and stats.mean.shape == (32,)
+
+
+def test_a_tiny_conditional_world_model_converts_and_keeps_the_melody(world_run, song):
+    from utils.run_folder import load_for_inference
+
+    config, _, _ = world_run
+    codec = load_for_inference(config.checkpoint_dir).with_singer("real")
+    resynthesis = world_features.resynthesize(song, codec.config)
+    assert snr_db(resynthesis, codec.reconstruct(song)) >= 60.0
+    assert snr_db(resynthesis, codec.convert(song, "virtual", 0.0)) >= 60.0
+    converted = codec.convert(song, "virtual", 1.0)
+    assert converted.shape == song.shape and np.isfinite(converted).all()
+    pitch = compare_pitch(pitch_track(song, RATE)[0], pitch_track(converted, RATE)[0])
+    assert pitch["raw_pitch_accuracy"] >= 0.9, pitch  # the source's F0, whatever the envelope
+    transposed = codec.transform(song, None, semitones=-12.0)
+    moved = compare_pitch(pitch_track(song, RATE)[0] / 2.0, pitch_track(transposed, RATE)[0])
+    assert moved["raw_pitch_accuracy"] >= 0.9, moved
