@@ -90,12 +90,17 @@ def draw(graph: Dict[str, Set[str]], layer_of: Dict[str, str], out: str) -> None
     for module, layer in layer_of.items():
         rows[layer].append(module)
     positions: Dict[str, Tuple[float, float]] = {}
-    width = max(len(r) for r in rows.values())
+    # A crowded layer is drawn as two staggered rows, so the figure stays readable.
+    per_row = 13
+    width = min(max(len(r) for r in rows.values()), per_row)
     for y, layer in enumerate(LAYERS):
         names = rows[layer]
-        for x, name in enumerate(names):
-            positions[name] = ((x + 0.5) * width / max(len(names), 1), y * 2.0)
-    fig, ax = plt.subplots(figsize=(max(12, 1.6 * width), 9))
+        lines = [names[i:i + per_row] for i in range(0, len(names), per_row)] or [[]]
+        for line_index, line in enumerate(lines):
+            offset = (line_index - (len(lines) - 1) / 2) * 0.8
+            for x, name in enumerate(line):
+                positions[name] = ((x + 0.5) * width / max(len(line), 1), y * 2.0 + offset)
+    fig, ax = plt.subplots(figsize=(max(12, 1.6 * width), 11))
     for source, targets in graph.items():
         for target in targets:
             (x0, y0), (x1, y1) = positions[source], positions[target]
@@ -110,7 +115,7 @@ def draw(graph: Dict[str, Set[str]], layer_of: Dict[str, str], out: str) -> None
     for y, layer in enumerate(LAYERS):
         ax.text(-0.6, y * 2.0, layer, ha="right", va="center", fontsize=10, weight="bold")
     ax.set_xlim(-3.5, width + 0.5)
-    ax.set_ylim(-1.0, 2.0 * len(LAYERS) - 1.0)
+    ax.set_ylim(-1.4, 2.0 * len(LAYERS) - 0.6)
     ax.axis("off")
     ax.set_title("SinGlow-TF2 modules; an arrow points from a module to one it imports")
     fig.tight_layout()
