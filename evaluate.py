@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- model metrics
 def heldout_bits_per_dim(model, batches: Iterable) -> Dict[str, float]:
-    """Mean bits/dim over batches of patches (B, H, W, C) (numpy or tensors).
+    """Mean bits/dim over batches of patches (B, H, W, C) (numpy or tensors), or of
+    ``(patches, singer ids (B,))`` for a conditional model (each patch under its own singer).
 
     Returns ``{"bits_per_dim": mean over patches, "patches": count}``; each patch's bits/dim is
     ``-log p(x) / (D ln 2)`` with ``D = H * W * C`` (continuous features, no discretisation
@@ -96,31 +97,46 @@ def heldout_bits_per_dim(model, batches: Iterable) -> Dict[str, float]:
 
     total, count = 0.0, 0
     for batch in batches:
+        batch, ids = batch if isinstance(batch, tuple) else (batch, None)
         batch = np.asarray(batch, np.float32)
         dims = int(np.prod(batch.shape[1:]))
-        bpd = bits_per_dim_from_log_prob(model.log_prob(batch).numpy().astype(np.float64), dims)
-        total += float(np.sum(bpd))
+        log_prob = model.log_prob(batch, ids).numpy().astype(np.float64)
+        total += float(np.sum(bits_per_dim_from_log_prob(log_prob, dims)))
         count += len(batch)
     return {"bits_per_dim": total / count if count else math.nan, "patches": count}
 
 
-def song_patch_batches(codec: "Codec", songs: Iterable[np.ndarray], batch_size: int):
-    """Batches (B, H, W, C) of the aligned, non-overlapping patches of whole songs (samples)."""
+def song_patch_batches(codec: "Codec", songs: Iterable, batch_size: int):
+    """Batches (B, H, W, C) of the aligned, non-overlapping patches of whole songs, given as
+    ``(samples, singer)`` pairs; for a conditional model ``(patches, singer ids (B,))``."""
     from utils.song_chunks import iter_patches
 
     patch_steps = codec.config.input_shape[0]
-    batch = []
-    for samples in songs:
-        song = codec.features(samples)
-        if song.num_steps < patch_steps:
-            continue  # bits/dim of padding would not be the song's
-        for patch in iter_patches(song.x[:song.num_steps], patch_steps):
-            batch.append(patch)
-            if len(batch) == batch_size:
-                yield np.stack(batch)
-                batch = []
-    if batch:
-        yield np.stack(batch)
+
+    def patches():
+        for samples, singer in songs:
+            song = codec.features(samples)
+            if song.num_steps < patch_steps:
+                continue  # bits/dim of padding would not be the song's
+            if codec.singers and singer not in codec.singers:
+                singer = codec.classify(samples)  # a folder not named after a singer
+            ids = codec.singer_id(singer) if codec.singers else -1
+            for patch in iter_patches(song.x[:song.num_steps], patch_steps):
+                yield patch, ids
+
+    pending = []
+    for patch, ids in patches():
+        pending.append((patch, ids))
+        if len(pending) == batch_size:
+            yield _stacked(pending, codec)
+            pending = []
+    if pending:
+        yield _stacked(pending, codec)
+
+
+def _stacked(pending, codec: "Codec"):
+    x = np.stack([patch for patch, _ in pending])
+    return (x, np.array([ids for _, ids in pending], np.int32)) if codec.singers else x
 
 
 def reconstruction_metrics(codec: "Codec", samples: np.ndarray) -> Dict[str, float]:
@@ -262,11 +278,14 @@ def _load_folder(codec: "Codec", folder: str, what: str):
     return songs
 
 
-def _heldout(codec: "Codec", path: Optional[str], songs, batch_size: int):
+def _heldout(codec: "Codec", path: Optional[str], labelled, batch_size: int):
+    """Held-out bits/dim of ``path`` (records or a folder of songs) or, without it, of the
+    ``(samples, singer)`` pairs ``labelled``; a conditional model scores each song under its own
+    singer (the records' labels; a folder's name, else the singer it is most likely under)."""
     from data_loader import SongDataLoader, read_records_manifest
 
     if path is None:
-        batches = song_patch_batches(codec, (s for _, s in songs), batch_size)
+        batches = song_patch_batches(codec, labelled, batch_size)
         return dict(heldout_bits_per_dim(codec.model, batches),
                     source="--virtual and --real songs")
     if read_records_manifest(path) is not None:
@@ -274,10 +293,16 @@ def _heldout(codec: "Codec", path: Optional[str], songs, batch_size: int):
         if not records.stats().matches(codec.config):
             raise CliError(f"records in {path} were made with other feature settings")
         # The checkpoint's normalisation, not the records' own, is what the model was fitted to.
-        batches = (b.numpy() for b in records.evaluation_dataset(batch_size, stats=codec.stats))
+        dataset = records.evaluation_dataset(batch_size, stats=codec.stats,
+                                             labels=bool(codec.singers))
+        if codec.singers:
+            batches = ((x.numpy(), np.array([codec.singer_id(n.decode()) for n in names.numpy()],
+                                            np.int32)) for x, names in dataset)
+        else:
+            batches = (x.numpy() for x in dataset)
         return dict(heldout_bits_per_dim(codec.model, batches), source=f"records {path}")
     folder_songs = _load_folder(codec, path, "held-out")
-    batches = song_patch_batches(codec, (s for _, s in folder_songs), batch_size)
+    batches = song_patch_batches(codec, ((s, _label(path)) for _, s in folder_songs), batch_size)
     return dict(heldout_bits_per_dim(codec.model, batches), source=f"folder {path}")
 
 
@@ -413,7 +438,9 @@ def _evaluate_checkpoint(codec: "Codec", args: argparse.Namespace, methods: Sequ
     if "eq" in methods:
         target.bins = song_bin_stats((s for _, s in real), config)
 
-    heldout = _heldout(codec, args.heldout, virtual + real, args.batch_size)
+    labelled = [(s, _label(args.virtual)) for _, s in virtual] + [
+        (s, _label(args.real)) for _, s in real]
+    heldout = _heldout(codec, args.heldout, labelled, args.batch_size)
     sources = [s for _, s in evaluated]
     recon = [reconstruction_metrics(codec, s) for s in sources]
     rows = evaluate_migration(codec, sources, {m: target for m in methods}, judges, methods,

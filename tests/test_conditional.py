@@ -2,6 +2,7 @@
 checkpoint, resuming under it, and what is refused."""
 
 import json
+import math
 import os
 import shutil
 
@@ -150,3 +151,31 @@ def test_migrate_cli_converts_and_refuses_what_cannot_be_converted(
     from utils.metrics import snr_db
 
     assert snr_db(song, load_audio(str(tmp_path / "eq.wav"), TINY_RATE)) >= 40.0
+
+
+def test_evaluate_scores_convert_against_eq_with_both_judges(conditional_run, demo_corpus,
+                                                             tmp_path, capsys):
+    import json
+
+    import evaluate
+
+    config, _, _ = conditional_run
+    out = tmp_path / "eval.json"
+    code = evaluate.main(["--checkpoint_dir", config.checkpoint_dir, "--virtual",
+                          demo_corpus.virtual, "--real", demo_corpus.real, "--songs", "1",
+                          "--strengths", "0", "1", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    results = json.loads(out.read_text())
+    rows = {(row["method"], row["strength"]): row for row in results["migration"]}
+    # Every method a conditional checkpoint supports, by default: the latent moves (under the
+    # source singer), the no-model baseline and convert.
+    assert {m for m, _ in rows} == {"midpoint", "shift", "match", "eq", "convert"}
+    for method in ("eq", "convert"):
+        assert rows[(method, 0.0)]["snr_db"] >= 40.0
+        assert 0.0 <= rows[(method, 1.0)]["frames_ref_migrated"] <= 1.0
+        assert 0.0 <= rows[(method, 1.0)]["p_ref_migrated"] <= 1.0
+    assert "best P(real) at raw pitch accuracy >= 0.9" in printed
+    assert "the flow as a singer classifier: accuracy" in printed
+    assert results["flow_classifier"]["songs"] == 3
+    assert math.isfinite(results["heldout"]["bits_per_dim"])
