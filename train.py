@@ -43,6 +43,8 @@ DEMO_DATA_ROOT = os.path.join("runs", "demo_data")
 # What --demo changes for flags the user did not pass: a model that trains on 2 CPU cores in
 # about three minutes (about 6 steps/s) and still learns audible structure.
 DEMO_DEFAULTS = {
+    # A singer-conditional model, so the demo shows convert beside the latent moves and eq.
+    "conditional": True,
     "k_glow": 4,
     "l_glow": 3,
     "hidden_channels": 32,
