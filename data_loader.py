@@ -7,12 +7,17 @@ The entry point of the data side; the work is done in two modules:
   ``config.sampling_rate``, and writes one TFRecord example per song into shards of about
   ``config.shard_size_seconds`` of audio. A manifest keyed by path, size and modification time
   makes re-runs incremental: an unchanged file is never decoded again, a changed one is, and a
-  removed one drops out. Unusable files are skipped with a one-line reason. Normalisation
-  statistics of the configured feature are saved beside the records.
+  removed one drops out. Unusable files are skipped with a one-line reason, and so are FIFOs,
+  sockets, devices and unreadable files or folders (never opened blocking). Normalisation
+  statistics of the configured feature are saved beside the records. The manifest records each
+  shard's size, CRC-32 and record count: a damaged or missing shard is rebuilt on the next
+  ``make`` (its songs decoded again). One process at a time writes a records folder
+  (``RECORDS/.lock``); Ctrl-C leaves it as it was.
 - reading (:mod:`utils.records`): ``records`` opens them as a :class:`~utils.records.Records`
-  (manifest read once): the songs, their statistics, and two ``tf.data`` pipelines of normalised
-  patches: random windows per song per epoch (seeded) for training, or aligned windows that tile
-  each song for evaluation.
+  (manifest read once, every shard checked against it: a damaged one is left out with one
+  warning line naming it and its songs): the songs, their statistics, and two ``tf.data``
+  pipelines of normalised patches: random windows per song per epoch (seeded) for training, or
+  aligned windows that tile each song for evaluation.
 
 CLI::
 
@@ -21,7 +26,9 @@ CLI::
         [--n_fft N] [--hop_length N]
 
 Exit status (:mod:`utils.cli`): 0 when some song was written; 1 when none was; 2 for a bad flag
-or value, a missing or empty audio folder, or an output folder that cannot be made.
+or value, a missing, unreadable or empty audio folder, an output folder that cannot be made, or
+a records folder another live run is writing; 130 for Ctrl-C. An ``--out`` inside an audio
+folder is not walked as audio (one warning line).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from common_definitions import FEATURES, Config
 from utils.cli import OneLineArgumentParser, run_cli
 # Re-exported: callers of the data side import these from here.
 from utils.records import DataError, Records, Song, read_records_manifest
-from utils.records_writer import MakeSummary, find_audio_files, write_records
+from utils.records_writer import MakeSummary, find_audio_files, outputs_inside, write_records
 
 __all__ = ["SongDataLoader", "Records", "Song", "MakeSummary", "DataError",
            "find_audio_files", "read_records_manifest", "main"]
@@ -55,15 +62,20 @@ class SongDataLoader:
         data_dirs: Optional[Sequence[str]] = None,
         records_dir: Optional[str] = None,
         log: Callable[[str], None] = print,
+        exclude: Sequence[str] = (),
     ) -> MakeSummary:
         """Bring the records in ``records_dir`` (default ``config.records_dir``) up to date with
-        the audio under ``data_dirs`` (default ``config.data_dirs``); see
-        :func:`utils.records_writer.write_records`.
+        the audio under ``data_dirs`` (default ``config.data_dirs``), leaving out the folders in
+        ``exclude`` (a run's own outputs, see :func:`utils.records_writer.outputs_inside`); see
+        :func:`utils.records_writer.write_records` (it rebuilds damaged shards and holds the
+        folder's lock meanwhile).
 
         Raises:
-            DataError: a folder is missing or holds no audio file.
+            DataError: a folder is missing, unreadable or holds no audio file.
+            utils.locks.FolderLocked: another live run is writing ``records_dir``.
         """
-        files = find_audio_files(tuple(data_dirs) if data_dirs else self.config.data_dirs)
+        files = find_audio_files(tuple(data_dirs) if data_dirs else self.config.data_dirs,
+                                 exclude=exclude)
         return write_records(self.config, files, self._records_dir(records_dir), log)
 
     def records(self, records_dir: Optional[str] = None) -> Records:
@@ -100,7 +112,9 @@ def _prepare(args: argparse.Namespace) -> Tuple[Config, List[Tuple[str, str]]]:
         sampling_rate=args.sampling_rate, feature=args.feature, window_size=args.window_size,
         channel_size=args.channel_size, n_fft=args.n_fft, hop_length=args.hop_length,
     )
-    files = find_audio_files(config.data_dirs)
+    exclude = outputs_inside(config.data_dirs, [("--out", config.records_dir)],
+                             refuse_equal=False)
+    files = find_audio_files(config.data_dirs, exclude=exclude)
     os.makedirs(config.records_dir, exist_ok=True)
     return config, files
 

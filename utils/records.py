@@ -7,7 +7,10 @@ two ``tf.data`` pipelines of normalised patches: random windows for training, al
 evaluation.
 
 What both sides share lives here too: the file names, the record layout, the manifest reader, the
-fingerprint that ties saved statistics to the songs they came from.
+fingerprint that ties saved statistics to the songs they came from, and the integrity check of a
+shard (:func:`shard_damage`): the manifest records each shard's size, CRC-32 and record count,
+and a shard that no longer matches is left out (one warning line naming it and the songs it
+loses) until ``SongDataLoader.make`` rebuilds it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Collection, Dict, Iterator, List, Optional, Sequence, Tuple
+import re
+import stat
+import warnings
+from typing import Collection, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -24,6 +30,7 @@ import tensorflow as tf
 from common_definitions import Config
 from utils.features import FeatureStats, MomentSum, patch_features
 from utils.errors import SinGlowError
+from utils.files import file_digest
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -85,6 +92,110 @@ def ok_entries(manifest: dict) -> Dict[str, dict]:
     return {path: e for path, e in manifest["files"].items() if e.get("status") == "ok"}
 
 
+# ---------------------------------------------------------------------------------- integrity
+def count_records(path: str) -> int:
+    """The records in the TFRecord file ``path``, read through (every record's CRC is checked).
+
+    Raises:
+        tensorflow.errors.OpError: a truncated or corrupted record (``DataLossError``).
+    """
+    count = 0
+    for _ in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        count += 1
+    return count
+
+
+def tf_reason(error: BaseException) -> str:
+    """The telling part of a TensorFlow read error (``corrupted record at 1234``), without the
+    op names TensorFlow wraps it in."""
+    text = " ".join(str(getattr(error, "message", error)).split())
+    found = re.search(r"(corrupted|truncated) record at \d+", text)
+    return found.group(0) if found else type(error).__name__
+
+
+def check_file(path: str, recorded: Optional[dict], records: int) -> Optional[str]:
+    """Why the written file ``path`` (a shard of ``records`` records) is damaged, or None when it
+    is whole.
+
+    ``recorded`` is its integrity record (``size``, ``crc32``, ``records``; see
+    :func:`shard_record`): the file must have that size and CRC-32. Without one (a manifest
+    written before they existed) the file is verified by reading every record through
+    TensorFlow (each record carries its own CRC) and counting them. A FIFO, socket or device in
+    its place is never opened.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return f"cannot read: {err.strerror or err}"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if recorded is None:
+        try:
+            found = count_records(path)
+        except (tf.errors.OpError, OSError) as err:
+            return f"unreadable: {tf_reason(err)}"
+        return None if found == records else f"holds {found} records, {records} were written"
+    size = recorded.get("size")
+    if info.st_size != size:
+        if isinstance(size, int) and info.st_size < size:
+            return f"truncated: {info.st_size} of the {size} bytes written"
+        return f"{info.st_size} bytes, {size} were written"
+    try:
+        _, crc = file_digest(path)
+    except OSError as err:
+        return f"cannot read: {err.strerror or err}"
+    if crc != recorded.get("crc32"):
+        return "checksum mismatch: its bytes changed since it was written"
+    if recorded.get("records", records) != records:
+        return f"{recorded['records']} records were written, the manifest lists {records} songs"
+    return None
+
+
+def shard_record(path: str, records: int) -> dict:
+    """The integrity record of the complete shard ``path`` holding ``records`` records:
+    ``{"size": bytes, "crc32": 8 hex digits, "records": count}``."""
+    size, crc = file_digest(path)
+    return {"size": size, "crc32": crc, "records": records}
+
+
+def shard_damage(records_dir: str, manifest: dict,
+                 entries: Optional[Dict[str, dict]] = None) -> Dict[str, str]:
+    """shard name -> why it is damaged, for every damaged shard that ``entries`` (default: the
+    ``ok`` entries of ``manifest``) place songs in.
+
+    The manifest's ``shards`` map holds each shard's integrity record; a manifest without one
+    (older than the field) is verified by reading (see :func:`check_file`). Costs one read of
+    the shards.
+    """
+    entries = ok_entries(manifest) if entries is None else entries
+    recorded = manifest.get("shards")
+    counts: Dict[str, int] = {}
+    for entry in entries.values():
+        counts[entry["shard"]] = counts.get(entry["shard"], 0) + 1
+    damaged = {}
+    for name in sorted(counts):
+        record = recorded.get(name) if isinstance(recorded, dict) else None
+        problem = check_file(os.path.join(records_dir, name),
+                             record if isinstance(record, dict) else None, counts[name])
+        if problem is not None:
+            damaged[name] = problem
+    return damaged
+
+
+def describe_songs(paths: Iterable[str], labels: Dict[str, str], shown: int = 3) -> str:
+    """``3 songs of real (a.wav, b.wav, c.wav)``: a count, the singers and the first few names,
+    short enough for a one-line message."""
+    paths = sorted(paths)
+    singers = sorted({labels[p] for p in paths if p in labels})
+    names = [os.path.basename(p) for p in paths[:shown]]
+    more = f", and {len(paths) - shown} more" if len(paths) > shown else ""
+    noun = "song" if len(paths) == 1 else "songs"
+    of = f" of {', '.join(singers)}" if singers else ""
+    return f"{len(paths)} {noun}{of} ({', '.join(names)}{more})"
+
+
 def fingerprint(manifest: dict) -> str:
     """16 hex digits naming the songs of ``manifest`` (path, size, mtime, label) and its rate:
     saved statistics with the same fingerprint were computed from the same songs."""
@@ -113,14 +224,23 @@ def saved_stats(records_dir: str, config: Config, source: str,
 
 
 def iterate_songs(records_dir: str, names: Sequence[str]) -> Iterator[Song]:
-    """Every song in the shards ``names`` of ``records_dir``, in order."""
+    """Every song in the shards ``names`` of ``records_dir``, in order.
+
+    Raises:
+        DataError: a shard turned out damaged while it was read (one line naming the folder).
+    """
     if not names:  # building an empty pipeline would still trace its parse function
         return
     paths = [os.path.join(records_dir, name) for name in names]
-    for record in tf.data.TFRecordDataset(paths).map(parse_record).as_numpy_iterator():
-        yield Song(record["audio"], int(record["sampling_rate"]),
-                   record["path"].decode("utf-8", "surrogateescape"),
-                   record["label"].decode("utf-8", "surrogateescape"))
+    try:
+        for record in tf.data.TFRecordDataset(paths).map(parse_record).as_numpy_iterator():
+            yield Song(record["audio"], int(record["sampling_rate"]),
+                       record["path"].decode("utf-8", "surrogateescape"),
+                       record["label"].decode("utf-8", "surrogateescape"))
+    except tf.errors.OpError as err:
+        raise DataError(f"a shard in {records_dir} is damaged ({tf_reason(err)}): rebuild the "
+                        f"records with `python data_loader.py AUDIO_DIR --out {records_dir}`"
+                        ) from None
 
 
 def aligned_step(config: Config) -> int:
@@ -141,8 +261,15 @@ class Records:
         records_dir: the folder.
         labels: the sorted labels (top-folder names, the singers) of the songs.
         shard_paths: the shards the manifest lists, sorted (an orphan from an interrupted run is
-            never read).
+            never read), less any damaged one.
         song_labels: source path -> label of every song in the records.
+        damaged: shard name -> why it is damaged (truncated, checksum mismatch, missing...):
+            each was left out, with its songs, after one warning line naming it and them.
+
+    Every shard is checked against the size and CRC-32 the manifest records for it (one read
+    of the records; see :func:`shard_damage`) before anything else uses it, so a truncated or
+    garbled shard is never read. Its songs are left out of everything the object serves (songs,
+    statistics, datasets, labels) until ``SongDataLoader.make`` rebuilds it.
 
     ``stats``, ``training_dataset`` and ``evaluation_dataset`` take ``songs``: a collection of
     source paths (keys of :attr:`song_labels`) to restrict them to, e.g. a run's training songs
@@ -150,7 +277,7 @@ class Records:
 
     Raises:
         DataError: no records in the folder, records at another sampling rate, or none of their
-            songs usable.
+            songs usable (e.g. every shard damaged).
     """
 
     def __init__(self, config: Config, records_dir: Optional[str] = None):
@@ -166,6 +293,10 @@ class Records:
                 f"asks for {config.sampling_rate} Hz: remake them or set --sampling_rate"
             )
         songs = ok_entries(manifest)
+        self.damaged: Dict[str, str] = shard_damage(self.records_dir, manifest, songs)
+        if self.damaged:
+            songs = self._leave_out_damaged(songs)
+            manifest = dict(manifest, files=songs)  # the fingerprint of what is served
         names = sorted({e["shard"] for e in songs.values()})
         if not names:
             raise DataError(f"the records in {self.records_dir} hold no usable song")
@@ -178,6 +309,27 @@ class Records:
         self._source = fingerprint(manifest)
         self._stats: Optional[FeatureStats] = None
         self._subset_stats: Dict[str, FeatureStats] = {}
+
+    def _leave_out_damaged(self, songs: Dict[str, dict]) -> Dict[str, dict]:
+        """``songs`` less those in a damaged shard; one warning line per damaged shard.
+
+        Raises:
+            DataError: every shard is damaged.
+        """
+        labels = {path: e["label"] for path, e in songs.items()}
+        rebuild = f"`python data_loader.py AUDIO_DIR --out {self.records_dir}`"
+        if all(e["shard"] in self.damaged for e in songs.values()):
+            first = min(self.damaged)
+            raise DataError(
+                f"every shard in {self.records_dir} is damaged ({len(self.damaged)}; "
+                f"{first}: {self.damaged[first]}): rebuild them from the audio with {rebuild}")
+        for name, problem in sorted(self.damaged.items()):
+            lost = [path for path, e in songs.items() if e["shard"] == name]
+            warnings.warn(
+                f"{os.path.join(self.records_dir, name)} is damaged ({problem}): left out with "
+                f"its {describe_songs(lost, labels)}; rebuild it with {rebuild} (or train.py "
+                "--data_dir)", stacklevel=3)
+        return {path: e for path, e in songs.items() if e["shard"] not in self.damaged}
 
     def songs(self) -> Iterator[Song]:
         """Every song in the records, in shard order."""

@@ -11,7 +11,12 @@ wrote, on shared storage), opens them, settles which songs are held out for vali
 - else the statistics of the *training* songs (the held-out ones are left out, as they are of
   every gradient).
 
-The result never changes during the run.
+The result never changes during the run. The run's own output folders (``--output_dir``,
+``--checkpoint_dir``, ``--logdir``, ``--records_dir``) are never read as songs: those inside a
+data folder are left out of the walk (one warning line), and an output folder that *is* a data
+folder is refused (:func:`utils.records_writer.outputs_inside`). Making the records holds the
+records folder's lock (:mod:`utils.locks`); a damaged shard is rebuilt, or left out with a
+warning when only reading them.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from common_definitions import Config
 from data_loader import Records, SongDataLoader
 from utils.distribute import Collectives
 from utils.features import FeatureStats
+from utils.records_writer import outputs_inside
 from utils.run_folder import (
     CheckpointMismatch,
     check_checkpoint_dir,
@@ -101,6 +107,8 @@ def prepare_training_data(config: Config, collectives: Collectives,
     Raises:
         DataError: missing or empty folders, no usable song in the records, or a validation
             split that cannot be made (see :func:`utils.validation.choose_split`).
+        OutputIsDataFolder: an output folder is one of the data folders (a RefusedError).
+        FolderLocked: another live run is making records in ``config.records_dir``.
         CheckpointMismatch: the checkpoint's (or ``--init_from``'s) ``feature_stats.json``,
             ``singers.json`` or ``validation.json`` cannot be read, ``--init_from`` is a run of
             another model, or the records hold a singer the conditional run does not know.
@@ -113,9 +121,11 @@ def prepare_training_data(config: Config, collectives: Collectives,
         log(f"{config.checkpoint_dir} holds a checkpoint: resuming it (--init_from "
             f"{config.init_from} only starts a fresh run)")
     if config.data_dirs:
+        data_dirs = tuple(config.data_dirs) + tuple(config.validation_dirs)
+        # Every worker refuses an output folder that is a data folder; the chief warns.
+        exclude = outputs_inside(data_dirs, run_outputs(config), warn=chief)
         if chief:
-            loader.make(tuple(config.data_dirs) + tuple(config.validation_dirs),
-                        config.records_dir, log=log)
+            loader.make(data_dirs, config.records_dir, log=log, exclude=exclude)
         collectives.barrier()
     records = loader.records(config.records_dir)
     split = settle_split(config, records, resuming, log if chief else (lambda _: None))
@@ -133,6 +143,12 @@ def prepare_training_data(config: Config, collectives: Collectives,
             log(f"normalising with the feature statistics of --init_from {source} "
                 "(--renormalize: this run's training songs' own)")
     return TrainingData(records, own if saved is None else saved, singers, split)
+
+
+def run_outputs(config: Config) -> Tuple[Tuple[str, str], ...]:
+    """``(flag, folder)`` of every folder a training run writes."""
+    return (("--output_dir", config.output_dir), ("--checkpoint_dir", config.checkpoint_dir),
+            ("--logdir", config.logdir), ("--records_dir", config.records_dir))
 
 
 def _same(a: FeatureStats, b: FeatureStats) -> bool:
