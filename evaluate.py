@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Se
 
 from utils.cli import CliError, OneLineArgumentParser, finite_float, print_warning, run_cli
 from utils.files import atomic_write_text
+from utils.resources import check_inference_fits, check_writable_folder
 from utils.migration_methods import LATENT_METHODS, METHOD_NAMES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -332,19 +333,24 @@ def prepare(args: argparse.Namespace) -> Prepared:
     json_dir = os.path.dirname(os.path.abspath(args.json))
     if not os.path.isdir(json_dir):
         raise CliError(f"folder of --json does not exist: {json_dir}")
+    check_writable_folder(json_dir, f"--json {args.json}: the folder")
     if args.heldout is not None and not os.path.isdir(args.heldout):
         raise CliError(f"--heldout not found: {args.heldout}")
     started = time.perf_counter()
-    from utils.latent_stats import LatentStats
+    from utils.latent_stats import LatentStats, weights_fingerprint
     from utils.run_folder import load_for_inference
+    from utils.song_chunks import default_chunking
     from utils.song_folders import list_audio
 
     codec = load_for_inference(args.checkpoint_dir)
+    chunk, _ = default_chunking(codec.config)
+    check_inference_fits(codec.config, max(chunk, codec.config.input_shape[0]), args.batch_size)
     for folder in (args.virtual, args.real):
         list_audio(folder)
     reference = None
     if args.reference_stats:
-        reference = LatentStats.load(args.reference_stats, codec.config)
+        reference = LatentStats.load(args.reference_stats, codec.config,
+                                     weights_fingerprint(codec.model))
     if args.methods is None:  # every method this checkpoint supports
         args.methods = [m for m in METHOD_NAMES if m != "convert" or codec.singers]
     if "convert" in args.methods:

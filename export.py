@@ -49,7 +49,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence, Tuple
@@ -58,6 +57,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from utils.cli import CliError, OneLineArgumentParser, run_cli  # noqa: E402  (TensorFlow-free)
 from utils.errors import SinGlowError  # noqa: E402
+from utils.resources import NotWritable, check_writable_folder  # noqa: E402
 
 if TYPE_CHECKING:  # imported for real once the flags are checked (TensorFlow loads)
     from common_definitions import Config
@@ -297,10 +297,11 @@ def export(model, config: "Config", stats: "FeatureStats", out: str, singers: Se
            overwrite: bool = False, check: bool = True) -> str:
     """Write the SavedModel of ``model`` (see :func:`build_module`) to the folder ``out``.
 
-    The SavedModel is written to a hidden folder beside ``out`` (:func:`utils.files.atomic_write`)
-    and, once complete and (``check``) verified by :func:`verify`, renamed to ``out``; an error
-    at any point leaves ``out`` as it was. ``out`` may be missing or an empty folder; with
-    ``overwrite`` an existing SavedModel there is replaced whole.
+    The SavedModel is written to a hidden folder beside ``out`` and, once complete and
+    (``check``) verified by :func:`verify`, takes the place of ``out`` whole
+    (:func:`utils.files.replace_folder`); an error at any point leaves ``out`` as it was. ``out``
+    may be missing or an empty folder; with ``overwrite`` an existing SavedModel there is
+    replaced.
 
     Returns:
         ``out``.
@@ -310,37 +311,21 @@ def export(model, config: "Config", stats: "FeatureStats", out: str, singers: Se
     """
     import tensorflow as tf
 
-    from utils.files import atomic_write
+    from utils.files import replace_folder
 
     singers = tuple(singers)
     check_out(out, overwrite)
     module, signatures = build_module(model, config, stats, singers)
 
-    def write(tmp: str) -> None:
-        try:
-            with tempfile.TemporaryDirectory(prefix="singlow-export-assets-") as scratch:
-                for name, asset_path in _write_assets(scratch, config, stats, singers).items():
-                    setattr(module, name, tf.saved_model.Asset(asset_path))
-                tf.saved_model.save(module, tmp, signatures=signatures)
-            if check:
-                verify(tmp, model, config)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    def build(scratch_out: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="singlow-export-assets-") as scratch:
+            for name, asset_path in _write_assets(scratch, config, stats, singers).items():
+                setattr(module, name, tf.saved_model.Asset(asset_path))
+            tf.saved_model.save(module, scratch_out, signatures=signatures)
+        if check:
+            verify(scratch_out, model, config)
 
-    aside = None
-    if os.path.isdir(out) and os.listdir(out):  # an existing SavedModel, replaced (overwrite)
-        parent, name = os.path.split(os.path.abspath(out))
-        aside = os.path.join(parent, f".{name}.{os.getpid()}.old")
-        os.replace(out, aside)
-    try:
-        atomic_write(out, write)
-    except BaseException:
-        if aside is not None:
-            os.replace(aside, out)
-        raise
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+    replace_folder(out, build)
     return out
 
 
@@ -361,8 +346,10 @@ def check_out(out: str, overwrite: bool) -> None:
     parent = os.path.dirname(target)
     if not os.path.isdir(parent):
         raise ExportError(f"--out {out}: the folder above it, {parent}, does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"--out {out}: the folder above it, {parent}, is not writable")
+    try:
+        check_writable_folder(parent, f"--out {out}: the folder above it,")
+    except NotWritable as error:
+        raise ExportError(str(error)) from None
 
 
 # ----------------------------------------------------------------------------- the CLI

@@ -54,6 +54,7 @@ from utils.folder_migration import (Console, FolderAbort, FolderProgress, SongJo
                                     path_identity, plan_folder)
 from utils.migration_methods import METHOD_NAMES, NEEDS_SOURCE
 from utils.migration_targets import StatsSource, Targets, open_stats
+from utils.resources import check_inference_fits, check_writable_folder
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -268,11 +269,15 @@ def check_paths(args: argparse.Namespace) -> None:
         raise CliError(f"--target_singer is for --method convert, not {args.method}")
     if args.source_stats and not os.path.exists(args.source_stats):
         raise CliError(f"source statistics not found: {args.source_stats}")
+    if args.save_reference_stats:
+        check_writable_folder(os.path.dirname(os.path.abspath(args.save_reference_stats)),
+                              f"--save_reference_stats {args.save_reference_stats}: the folder")
     if folder:
         check_folders(args.source, args.output, args.reference)
         if args.save_reference_stats and is_inside(args.save_reference_stats, args.source):
             raise CliError(f"--save_reference_stats {args.save_reference_stats} is inside "
                            f"--source {args.source}, which is never written to")
+        check_writable_folder(args.output, "--output")
         return
     if os.path.isdir(args.output):
         raise CliError(f"--output is a folder, expected a .wav path: {args.output}")
@@ -289,6 +294,7 @@ def check_paths(args: argparse.Namespace) -> None:
     output_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(output_dir):
         raise CliError(f"output folder does not exist: {output_dir}")
+    check_writable_folder(output_dir, f"--output {args.output}: the folder")
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
@@ -302,7 +308,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
     from utils.song_folders import list_audio
 
     codec = load_for_inference(args.checkpoint_dir)
-    default_chunking(codec.config, args.chunk_steps, args.overlap_steps)
+    chunk, _ = default_chunking(codec.config, args.chunk_steps, args.overlap_steps)
+    check_inference_fits(codec.config, chunk, args.batch_size)
     if args.transpose and (codec.config.feature != "world" or args.method == "eq"):
         raise CliError(f"--transpose needs a world checkpoint and a method other than eq (this "
                        f"one is {codec.config.feature}, --method {args.method})")

@@ -27,6 +27,7 @@ curve with the best weights and early stopping (:mod:`utils.validation`) and mix
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import zlib
@@ -45,7 +46,7 @@ from utils.optimizer import SummedGradientAdam, WarmupSchedule
 from utils.plots import spectrogram_image  # noqa: F401 (re-exported)
 from utils.precision import MixedPrecision
 from utils.run_folder import CheckpointMismatch, RunFolder, check_checkpoint_dir  # noqa: F401
-from utils.run_folder import restore_model
+from utils.run_folder import SaveFailed, check_unlocked, restore_model  # noqa: F401
 from utils.stop_signals import STOP_SIGNALS, StopRequest, signal_name
 # The metrics are re-exported: ``from pipeline import StepMetrics`` keeps working.
 from utils.train_metrics import (  # noqa: F401
@@ -62,20 +63,32 @@ from utils.validation import Steering
 LN2 = math.log(2.0)
 
 
+def _holding_the_folder_lock(fit):
+    """``Trainer.fit`` run while the chief holds the checkpoint folder's lock (utils/locks.py):
+    a second run on the folder is refused (``FolderLocked``) instead of mixing its checkpoints
+    with this one's."""
+
+    @functools.wraps(fit)
+    def locked(self, *args, **kwargs):
+        with self.run_folder.writing():
+            return fit(self, *args, **kwargs)
+
+    return locked
+
+
 # ---------------------------------------------------------------------------------- trainer
 class Trainer:
     """Trains a :class:`Glow` on the records of ``config`` under a tf.distribute strategy.
 
-    ``Trainer(config)`` builds the strategy (:func:`make_strategy`, or ``strategy``); refuses
-    spectrogram settings whose STFT cannot be inverted for the audio summaries (``ValueError``)
-    and a ``checkpoint_dir`` holding a checkpoint of another model (:class:`CheckpointMismatch`),
-    before anything is written; settles the data (``data``, else :func:`prepare_training_data`:
-    records made incrementally, the validation split and the normalisation chosen); builds the
-    model, a warm-up Adam and the checkpoint in the strategy's scope; and restores the latest
-    checkpoint (``resumed from PATH at step N``), else for ``config.init_from`` that run's model
-    weights alone (fine-tuning: fresh optimizer, step 0). :meth:`fit` then initialises ActNorm on
-    the first global batch unless restored, and trains to ``config.epochs *
-    config.steps_per_epoch`` steps, validating every epoch (:class:`utils.validation.Steering`).
+    ``Trainer(config)`` builds the strategy (:func:`make_strategy`, or ``strategy``); refuses,
+    before anything is written, an STFT that cannot be inverted for the audio summaries
+    (``ValueError``), a ``checkpoint_dir`` that another live run holds (``FolderLocked``) or
+    of another model (:class:`CheckpointMismatch`); settles the data (``data``, else
+    :func:`prepare_training_data`: records made incrementally, the validation split and the
+    normalisation chosen); builds the model, a warm-up Adam and the checkpoint in the strategy's
+    scope; resumes the newest readable checkpoint (:meth:`resume`), else for ``init_from`` takes
+    that run's weights alone (fine-tuning: fresh optimizer, step 0). :meth:`fit` initialises
+    ActNorm unless restored and trains to ``epochs * steps_per_epoch`` steps (validating).
 
     Args:
         config: every hyperparameter and path.
@@ -100,6 +113,7 @@ class Trainer:
         self.report = TrainingReport(config, self.is_chief, log, progress)
         if config.feature == "spectrogram":  # the summaries invert it: refuse now, not later
             check_invertible(config)
+        check_unlocked(config.checkpoint_dir, self.collectives.task)  # one writer
         latest = check_checkpoint_dir(config)  # refuses a checkpoint of another model
         self.data = data or prepare_training_data(config, self.collectives, loader,
                                                   self.report.log)
@@ -122,11 +136,10 @@ class Trainer:
             skipped_steps=self.skipped_steps)
         self.run_folder = RunFolder(config, self.checkpoint, self.step, self.collectives.task)
         self._train_loop = tf.function(self._train_loop_fn)
-        if latest is not None:
-            self.restore(latest)
-        elif config.init_from is not None:
+        resumed = self.resume() if latest is not None else None
+        if resumed is None and config.init_from is not None:
             self.start_from(config.init_from)
-        self.steering = Steering(self, resumed=latest is not None)
+        self.steering = Steering(self, resumed=resumed is not None)
 
     # ------------------------------------------------------------------ state
     @property
@@ -136,14 +149,15 @@ class Trainer:
 
     last_checkpoint = property(lambda self: self.run_folder.last_checkpoint)
 
-    def restore(self, path: str) -> str:
-        """Restore model, optimizer, ``step`` and ``skipped_steps`` from ``path`` on every worker
-        (:class:`CheckpointMismatch` when it does not fit)."""
-        self.run_folder.restore(self.model, path)
-        variables = list(self.model.variables) + list(self.optimizer.variables) + [
-            self.step, self.skipped_steps]
-        self.collectives.broadcast_from_first_replica(variables)
-        self.report.log(f"resumed from {path} at step {self.global_step}")
+    def resume(self) -> Optional[str]:
+        """Restore model, optimizer, ``step`` and ``skipped_steps`` on every worker from the
+        newest checkpoint that can be read (``resumed from PATH at step N``; a broken index or
+        a damaged checkpoint gives a warning line: :meth:`RunFolder.resume`); None if none."""
+        path = self.run_folder.resume(self.model, self.stats)
+        if path is not None:
+            self.collectives.broadcast_from_first_replica(
+                self.model.variables + self.optimizer.variables + [self.step, self.skipped_steps])
+            self.report.log(f"resumed from {path} at step {self.global_step}")
         return path
 
     def start_from(self, run_dir: str) -> str:
@@ -266,6 +280,7 @@ class Trainer:
         return StepMetrics.from_totals(totals, self.config.dims, time.perf_counter() - began)
 
     # ------------------------------------------------------------------ the loop
+    @_holding_the_folder_lock
     def fit(self) -> TrainResult:
         """Train until ``config.epochs * config.steps_per_epoch`` steps (resuming where it stopped).
 
@@ -277,6 +292,7 @@ class Trainer:
 
         Raises:
             TrainingDiverged: ``max_nonfinite_steps`` consecutive non-finite steps.
+            SaveFailed: a run folder's file cannot be written (the last checkpoint is intact).
         """
         config, report = self.config, self.report
         total = config.total_steps

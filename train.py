@@ -17,9 +17,15 @@ evaluate.py accept), and ``--early_stopping_patience N`` stops after N epochs wi
 one. ``--init_from CK`` starts a new run from another run's weights (fine-tuning);
 ``--mixed_precision bf16|fp16`` trains with low-precision convolutions.
 
-Exit status: 0 done, 1 training failed (no usable data, diverged), 2 refused before any work
-(a bad flag, a missing or unreadable data folder, an unwritable output folder, a checkpoint of
-another model), 130 interrupted by Ctrl-C, 143 stopped by SIGTERM.
+A checkpoint folder is written by one run at a time (a second ``train.py`` on it is refused);
+its checkpoints are found on disk when the ``checkpoint`` index is missing or damaged, and a
+damaged newest checkpoint is skipped for the previous one (one warning line each).
+
+Exit status: 0 done, 1 training failed (no usable data, diverged, a checkpoint or run file that
+cannot be written, e.g. a full disk), 2 refused before any work (a bad flag, a missing or
+unreadable data folder, an unwritable output folder, a checkpoint of another model or of other
+feature statistics, a folder in use by another run, ``--feature world`` without pyworld), 130
+interrupted by Ctrl-C, 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ import argparse
 import dataclasses
 import os
 import sys
-import tempfile
 import typing
 from typing import Optional, Sequence
 
@@ -36,6 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from common_definitions import Config  # noqa: E402  (TensorFlow-free)
 from utils.cli import OneLineArgumentParser, finite_float, run_cli  # noqa: E402
+from utils.resources import check_training_fits, check_writable_folder  # noqa: E402
 
 PROG = "train.py"
 DEMO_DATA_ROOT = os.path.join("runs", "demo_data")
@@ -150,32 +156,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**values)
 
 
-def _writable_dir(path: str, flag: str) -> None:
-    """Refuse ``path`` unless it is, or can be created as, a writable folder.
-
-    Creates nothing: a refused run (or one refused later, e.g. for a checkpoint of another
-    model) leaves no empty output folders behind. A missing folder is judged by its nearest
-    existing ancestor.
-    """
-    target = os.path.abspath(path)
-    existing = target
-    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        where = "" if existing == target else f"{existing}, above it, "
-        raise OSError(f"{flag} {path} is not a writable folder ({where}is not a folder)")
-    if existing != target:
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise OSError(f"{flag} {path} is not a writable folder ({existing} is not writable)")
-        return
-    try:
-        with tempfile.TemporaryFile(dir=target):
-            pass
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise OSError(f"{flag} {path} is not a writable folder ({reason})") from None
-
-
 def check_paths(config: Config) -> None:
     """Refuse missing or unreadable data folders and unwritable output folders (one line)."""
     demo_dirs = {os.path.join(DEMO_DATA_ROOT, "virtual"), os.path.join(DEMO_DATA_ROOT, "real")}
@@ -202,7 +182,7 @@ def check_paths(config: Config) -> None:
     if config.data_dirs:
         outputs.append(("--records_dir", config.records_dir))
     for flag, path in outputs:
-        _writable_dir(path, flag)
+        check_writable_folder(path, flag)
 
 
 def _prepare(args: argparse.Namespace):
@@ -210,6 +190,11 @@ def _prepare(args: argparse.Namespace):
     ``--init_from`` that is not a run folder of the same model."""
     config = config_from_args(args)
     check_paths(config)
+    check_training_fits(config)
+    if config.feature == "world":  # one line naming pyworld now, not after the records
+        from utils.world_features import require_pyworld
+
+        require_pyworld()
     # TensorFlow is imported only now: flag errors above come back at once.
     from pipeline import make_strategy
     from utils.audio import check_invertible

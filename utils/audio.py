@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import re
 import stat
@@ -215,10 +216,17 @@ def save_wav(path: str, samples: np.ndarray, sampling_rate: int, subtype: str = 
     file at ``path`` untouched and no truncated wav behind.
     """
     samples = np.clip(np.nan_to_num(np.asarray(samples, np.float32).reshape(-1), nan=0.0), -1, 1)
-    # atomic_write's temporary file is a plain name (not mkstemp's private 0600 file), so the wav
-    # gets the usual permissions.
-    atomic_write(path, lambda tmp: sf.write(tmp, samples, int(sampling_rate), subtype=subtype,
-                                            format="WAV"))
+    # Encoded in memory first: libsndfile reports a full disk only as "System error", a plain
+    # file write says ENOSPC (see utils.files.WriteFailed). atomic_write's temporary file is a
+    # plain name (not mkstemp's private 0600 file), so the wav gets the usual permissions.
+    encoded = io.BytesIO()
+    sf.write(encoded, samples, int(sampling_rate), subtype=subtype, format="WAV")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(encoded.getbuffer())
+
+    atomic_write(path, write)
 
 
 # ---------------------------------------------------------------------------------- STFT

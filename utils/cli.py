@@ -120,6 +120,9 @@ def run_cli(
         return stop.code if isinstance(stop.code, int) else EXIT_REFUSED
     with warnings.catch_warnings():
         warnings.simplefilter("default")
+        # A library's deprecation notice (numpy's, TensorFlow's) says nothing to the user.
+        for category in (DeprecationWarning, PendingDeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
         warnings.showwarning = lambda message, *_: print_warning(prog, str(message))
         try:
             try:

@@ -31,7 +31,7 @@ import numpy as np
 from common_definitions import Config
 from utils.audio import AudioError, check_audio
 from utils.features import FeatureStats, SongFeatures, features_to_song, song_to_features
-from utils.latent_stats import LatentStats
+from utils.latent_stats import LatentStats, weights_fingerprint
 from utils.migration_methods import MigrationError
 from utils.song_chunks import (
     batched,
@@ -350,8 +350,11 @@ class Codec(SingerConditioning):
                            ) -> LatentStats:
         """Stream batches of normalised patches ``(B, H, W, C)`` (numpy or tensors, e.g.
         ``Records.evaluation_dataset(stats=codec.stats)``) through the model into
-        :class:`LatentStats`; ``stats`` continues an existing accumulation."""
-        stats = stats if stats is not None else LatentStats(self.config, self.latent_shapes)
+        :class:`LatentStats`, stamped with the fingerprint of these weights (so that a saved
+        copy is refused with others); ``stats`` continues an existing accumulation."""
+        if stats is None:
+            stats = LatentStats(self.config, self.latent_shapes)
+            stats.weights = weights_fingerprint(self.model)
         for batch in batches:
             batch = np.asarray(batch, dtype=np.float32)
             z, _ = self.model.encode(batch, self._batch_condition(len(batch)))

@@ -181,6 +181,10 @@ def replace_folder(path: str, build: Callable[[str], None]) -> str:
     os.makedirs(parent, exist_ok=True)
     settle_folder(path)
     scratch = tempfile.mkdtemp(prefix=_NEW_FOLDER.format(name), dir=parent)
+    # mkdtemp's folder is private (0700); the finished one gets the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(scratch, 0o777 & ~umask)
     old = os.path.join(parent, _OLD_FOLDER.format(name))
     had_old = os.path.lexists(path)
     try:

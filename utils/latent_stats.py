@@ -11,7 +11,10 @@ float64, so memory stays flat whatever the set's size; :class:`utils.codec.Codec
 through the model into them.
 
 Statistics are saved as ``.npz`` (:meth:`LatentStats.save`, format :data:`STATS_FORMAT_VERSION`)
-with the Config of the model that produced them, and refused for a model of another signature.
+with the Config of the model that produced them and, when known, a fingerprint of its weights
+(:func:`weights_fingerprint`); they are refused for a model of another signature, or of the same
+signature with other weights (another run, or another checkpoint of the same run). Files without
+a fingerprint (older ones, or statistics nobody stamped) are accepted on the signature alone.
 
 Units: latents are whitened (unit-free, ~N(0, 1)); feature ranges are in normalised feature units.
 This module needs NumPy and the Config only (no TensorFlow, no model).
@@ -19,6 +22,7 @@ This module needs NumPy and the Config only (no TensorFlow, no model).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import List, Optional, Sequence, Tuple
 
@@ -67,6 +71,18 @@ def join_latent(pieces: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([p.reshape(p.shape[0], -1) for p in pieces], axis=-1)
 
 
+def weights_fingerprint(model) -> str:
+    """16 hex digits of SHA-256 over the shapes and values of ``model.variables`` in order: the
+    same for the same weights however they were loaded (a checkpoint or ``glow.weights.h5``),
+    different for any other weights of the same architecture. Reads every weight once."""
+    hasher = hashlib.sha256()
+    for variable in model.variables:
+        values = np.ascontiguousarray(np.asarray(variable))
+        hasher.update(f"{values.dtype.str}{values.shape};".encode())
+        hasher.update(values.tobytes())
+    return hasher.hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------- statistics
 class LatentStats:
     """Streaming, time-invariant per-dimension moments of whitened latents.
@@ -80,7 +96,8 @@ class LatentStats:
     latents were encoded from (see :func:`utils.migration.bound_features`).
 
     The statistics belong to the model that produced the latents: ``config`` is stored with them,
-    and :meth:`check` refuses a model whose :meth:`Config.model_signature` differs.
+    and :meth:`check` refuses a model whose :meth:`Config.model_signature` differs; ``weights``
+    (:func:`weights_fingerprint` of that model, "" when unknown) ties them to its weights too.
     """
 
     def __init__(self, config: Config, latent_shapes: Sequence[Tuple[int, int]]):
@@ -94,6 +111,7 @@ class LatentStats:
         feature_shape = tuple(config.input_shape[1:])
         self.feature_min = np.full(feature_shape, np.inf)
         self.feature_max = np.full(feature_shape, -np.inf)
+        self.weights = ""
 
     @classmethod
     def for_model(cls, model, config: Config) -> "LatentStats":
@@ -181,14 +199,22 @@ class LatentStats:
                 f"std {stds.mean():.3f} (spread {stds.std():.3f})")
 
     # ---------------------------------------------------------------- persistence
-    def check(self, config: Config) -> None:
+    def check(self, config: Config, weights: Optional[str] = None, where: str = "") -> None:
         """Raise :class:`MigrationError` (one line) if these statistics belong to a model of
-        another signature than ``config``'s."""
+        another signature than ``config``'s, or to other weights than those of fingerprint
+        ``weights`` (not checked when either fingerprint is unknown). ``where`` (e.g. the
+        file) starts the message."""
+        start = f"{where}: " if where else ""
         problems = config.incompatibilities(self.config)
         if problems:
             raise MigrationError(
-                "latent statistics were computed with another model configuration: "
+                f"{start}latent statistics were computed with another model configuration: "
                 + ", ".join(problems))
+        if weights and self.weights and weights != self.weights:
+            raise MigrationError(
+                f"{start}latent statistics were computed with other weights (fingerprint "
+                f"{self.weights}) than the checkpoint's ({weights}): compute them again from "
+                "the reference folder with this checkpoint")
 
     def save(self, path: str) -> None:
         """Write an ``.npz``: per level ``count``, ``mean_<l>``, ``var_<l>``; the feature range
@@ -201,6 +227,7 @@ class LatentStats:
             "count": self.count,
             "feature_min": self.feature_min,
             "feature_max": self.feature_max,
+            "weights_fingerprint": np.array(self.weights),
         }
         for level, (mean, var) in enumerate(zip(self._mean, self.var)):
             arrays[f"mean_{level}"] = mean
@@ -208,9 +235,12 @@ class LatentStats:
         atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
 
     @classmethod
-    def load(cls, path: str, config: Optional[Config] = None) -> "LatentStats":
+    def load(cls, path: str, config: Optional[Config] = None,
+             weights: Optional[str] = None) -> "LatentStats":
         """Read :meth:`save`'s file; with ``config``, refuse statistics of another model
-        signature. Raises :class:`MigrationError` (one line) for a missing or malformed file."""
+        signature, and with ``weights`` (:func:`weights_fingerprint` of the model they will be
+        used with) statistics of other weights. Raises :class:`MigrationError` (one line) for a
+        missing or malformed file."""
         if not os.path.isfile(path):
             raise MigrationError(f"latent statistics file not found: {path}")
         try:
@@ -224,6 +254,8 @@ class LatentStats:
                 stats.count = data["count"].astype(np.int64)
                 stats.feature_min = data["feature_min"].astype(np.float64)
                 stats.feature_max = data["feature_max"].astype(np.float64)
+                if "weights_fingerprint" in data.files:  # absent from files saved before it
+                    stats.weights = str(data["weights_fingerprint"])
                 for level in range(len(stats.latent_shapes)):
                     stats._mean[level] = data[f"mean_{level}"].astype(np.float64)
                     stats._m2[level] = (data[f"var_{level}"].astype(np.float64)
@@ -234,5 +266,5 @@ class LatentStats:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise MigrationError(f"{path} is not a latent statistics file ({reason})") from None
         if config is not None:
-            stats.check(config)
+            stats.check(config, weights, where=path)
         return stats

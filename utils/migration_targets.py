@@ -39,21 +39,24 @@ class StatsSource(NamedTuple):
 
 def open_stats(path: str, codec: "Codec", what: str) -> StatsSource:
     """Refuse unusable statistics before any work: an ``.npz`` is loaded (and refused when it
-    belongs to another model); a folder must hold audio files."""
-    from utils.latent_stats import LatentStats
+    belongs to another model, or to other weights than the codec's: see
+    :func:`utils.latent_stats.weights_fingerprint`); a folder must hold audio files."""
+    from utils.latent_stats import LatentStats, weights_fingerprint
     from utils.song_folders import list_audio
 
     if os.path.isdir(path):
         list_audio(path)
         return StatsSource(what, None, path)
     if os.path.isfile(path):
-        return StatsSource(what, LatentStats.load(path, codec.config), None)
+        stats = LatentStats.load(path, codec.config, weights_fingerprint(codec.model))
+        return StatsSource(what, stats, None)
     raise CliError(f"{what} not found: {path}")
 
 
 def compute_stats(source: StatsSource, codec: "Codec", console: Console) -> "LatentStats":
     """The LatentStats of ``source`` under ``codec``: as loaded, or over its folder of songs
-    (skipped files are warned about, one line each)."""
+    (skipped files are warned about, one line each; the codec stamps them with the fingerprint
+    of its weights, so that a saved copy is refused with other weights)."""
     if source.folder is None:
         return source.stats
 

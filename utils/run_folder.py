@@ -7,51 +7,105 @@ A checkpoint folder (``config.checkpoint_dir``) written by ``train.py``::
     feature_stats.json     the FeatureStats the training data was normalised with
     singers.json           a conditional model's singer map (names in id order)
     validation.json        the songs held out of training (utils/validation.py), kept on resume
-    checkpoint, ckpt-N.*   tf.train.Checkpoint(model, optimizer, step, skipped_steps), N = step
+    checkpoint, ckpt-N.*   tf.train.Checkpoint(model, optimizer, step, skipped_steps) and the
+                           digest of feature_stats.json (feature_stats_digest), N = step
     glow.weights.h5        the model weights alone (Keras), written at the end of training
     best/                  the weights of the lowest validation bits/dim so far, as a run folder
                            of its own: config.json, feature_stats.json, [singers.json],
                            glow.weights.h5 and best.json (step, epoch, val_bits_per_dim,
-                           val_nll); every --checkpoint_dir reader accepts it
+                           val_nll, feature_stats_digest); every --checkpoint_dir reader
+                           accepts it
+    .lock                  while a training run writes the folder (utils/locks.py)
 
 This module reads and writes those files; the trainer (``pipeline.py``) saves checkpoints through
 it, and inference (``migrate.py``, ``evaluate.py``, the notebooks) loads a run through
-:func:`load_for_inference` without importing any training code.
+:func:`load_for_inference` without importing any training code. Checkpoints are found on disk,
+not through the index alone, and a damaged one is skipped for the previous one
+(:mod:`utils.checkpoint_files`); ``feature_stats.json`` is checked against the digest every
+checkpoint (and ``best.json``) records; a training run holds the folder's lock
+(:mod:`utils.locks`); a write that fails (a full disk, a read-only folder) ends the run with
+:class:`SaveFailed`, the last good checkpoint intact. See design/training.md, "Run folders that
+heal or refuse".
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from common_definitions import Config
 from model import Glow
+from utils.checkpoint_files import (  # noqa: F401 (re-exported: the names of the files)
+    BEST_DIGEST,
+    BEST_RECORD,
+    DIGEST_NAME,
+    STATS_NAME,
+    WEIGHTS_NAME,
+    CheckpointDamaged,
+    CheckpointMismatch,
+    check_model_matches,
+    check_stats_tie,
+    discard_failed_save,
+    find_checkpoints,
+    read_index,
+    restore_model,
+    restore_newest,
+    saved_model_variables,
+    stats_digest,
+    step_of,
+    write_index,
+)
 from utils.codec import Codec
 from utils.distribute import TaskInfo
+from utils.errors import SinGlowError, one_line
 from utils.features import FeatureStats
-from utils.errors import RefusedError, one_line
-from utils.files import atomic_write_text
+from utils.files import (WriteFailed, atomic_write, atomic_write_text, replace_folder,
+                         settle_folder)
+from utils.locks import FolderLock
 
 CONFIG_NAME = "config.json"
-STATS_NAME = "feature_stats.json"
-WEIGHTS_NAME = "glow.weights.h5"
 # The singer map of a conditional model: {"singers": [name of id 0, name of id 1, ...]}.
 SINGERS_NAME = "singers.json"
 VALIDATION_NAME = "validation.json"
 BEST_NAME = "best"
-BEST_RECORD = "best.json"
-# While best/ is replaced: the previous one (renamed back if a crash left no best/).
-_BEST_OLD = ".best-old"
-_BEST_NEW_PREFIX = ".best-new-"
+# The holder named in the lock file of a checkpoint folder that a training run writes.
+LOCK_PROGRAM = "train.py"
+_EXPORT_SCRATCH = ".glow-export-"
 
 
-class CheckpointMismatch(RefusedError, ValueError):
-    """A checkpoint cannot be used with this configuration; the message is one line."""
+class SaveFailed(SinGlowError):
+    """Writing into the run folder failed (a full disk, a read-only or unwritable folder): the
+    run ends (exit status 1); the one-line message names the path, the OS error, what to do
+    and the last good checkpoint, which a rerun resumes from."""
+
+
+def writer_lock(folder: str, task: TaskInfo = TaskInfo(), create: bool = True):
+    """The lock of the one run that writes ``folder`` (a context manager): a
+    :class:`utils.locks.FolderLock` on the chief; nothing on the other workers (they write no
+    file there) nor, with ``create=False``, for a folder that does not exist yet (so a run
+    refused early leaves no folder behind).
+
+    Raises (on entering):
+        FolderLocked: another live training run holds the folder (a RefusedError).
+    """
+    if not task.is_chief or (not create and not os.path.isdir(folder)):
+        return contextlib.nullcontext()
+    return FolderLock(folder, LOCK_PROGRAM)
+
+
+def check_unlocked(folder: str, task: TaskInfo = TaskInfo()) -> None:
+    """Refuse, before any work, a checkpoint folder that another live training run holds
+    (:class:`utils.locks.FolderLocked`); a lock left by a process that is gone is taken over
+    with one warning line, then released. A folder that does not exist is not created."""
+    with writer_lock(folder, task, create=False):
+        pass
 
 
 def read_checkpoint_config(checkpoint_dir: str) -> Optional[Config]:
@@ -66,78 +120,46 @@ def read_checkpoint_config(checkpoint_dir: str) -> Optional[Config]:
 
 
 def check_checkpoint_dir(config: Config) -> Optional[str]:
-    """Refuse a checkpoint folder that holds a checkpoint of another model configuration.
+    """Refuse a checkpoint folder whose checkpoints cannot be resumed under ``config``.
 
-    Returns the latest checkpoint prefix in ``config.checkpoint_dir`` (None when there is none).
+    Applies whenever the folder holds a ``ckpt-N``, an index file or a ``config.json``, whatever
+    the state of the index (checkpoints are found on disk: :mod:`utils.checkpoint_files`).
+    Returns the checkpoint a resume starts from (the index's latest, else the newest on disk;
+    the trainer falls back from a damaged one), None when there is none.
 
     Raises:
         CheckpointMismatch: the saved ``config.json`` differs in a model field (named in the
-            message) or cannot be read.
+            message) or cannot be read, or ``feature_stats.json`` is not the one the
+            checkpoints were trained with.
+        CheckpointDamaged: the folder holds an index file but no checkpoint files.
     """
-    latest = tf.train.latest_checkpoint(config.checkpoint_dir) if os.path.isdir(config.checkpoint_dir) else None
-    if latest is None:
+    folder = config.checkpoint_dir
+    found = find_checkpoints(folder)
+    if found.on_disk or found.has_index or os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+        saved = read_checkpoint_config(folder)
+        if saved is not None:
+            problems = config.incompatibilities(saved)
+            if problems:
+                raise CheckpointMismatch(
+                    f"the checkpoint in {folder} is of another model configuration: "
+                    f"{', '.join(problems)}; pass matching flags or use another --checkpoint_dir"
+                )
+    if not found.candidates:
+        if found.has_index:
+            raise CheckpointDamaged(
+                f"{found.index_path} is {found.problem} and {folder} holds no ckpt-N files")
         return None
-    saved = read_checkpoint_config(config.checkpoint_dir)
-    if saved is not None:
-        problems = config.incompatibilities(saved)
-        if problems:
-            raise CheckpointMismatch(
-                f"the checkpoint in {config.checkpoint_dir} is of another model configuration: "
-                f"{', '.join(problems)}; pass matching flags or use another --checkpoint_dir"
-            )
-    return latest
+    stats_path = os.path.join(folder, STATS_NAME)
+    if os.path.isfile(stats_path):
+        check_stats_tie(folder, _load_stats(stats_path))
+    return found.candidates[0]
 
 
-def saved_model_variables(path: str) -> int:
-    """Variables saved under the checkpoint's ``model`` object (its object graph)."""
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
-
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-    stack = [c.node_id for c in graph.nodes[0].children if c.local_name == "model"]
-    seen, count = set(), 0
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        count += any(a.name == "VARIABLE_VALUE" for a in graph.nodes[node].attributes)
-        stack.extend(c.node_id for c in graph.nodes[node].children)
-    return count
-
-
-def check_model_matches(model: Glow, path: str) -> None:
-    """Restoring only checks that the model's variables are found; a checkpoint of a *larger*
-    model (more steps or levels) would load partially without complaint, so count them too."""
-    saved = saved_model_variables(path)
-    if saved != len(model.variables):
-        raise CheckpointMismatch(
-            f"{path} holds a model of {saved} variables, but the configuration describes one of "
-            f"{len(model.variables)}: config.json does not belong to this checkpoint"
-        )
-
-
-def restore_model(model: Glow, checkpoint_dir: str) -> str:
-    """Restore the weights of ``model`` from the latest checkpoint (or glow.weights.h5)."""
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
+def _load_stats(path: str, what: str = "") -> FeatureStats:
     try:
-        if latest is not None:
-            check_model_matches(model, latest)
-            status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
-            status.assert_existing_objects_matched()
-            source = latest
-        else:
-            source = os.path.join(checkpoint_dir, WEIGHTS_NAME)
-            if not os.path.isfile(source):
-                raise FileNotFoundError(f"no checkpoint and no {WEIGHTS_NAME} in {checkpoint_dir}")
-            model.load_weights(source)
-    except CheckpointMismatch:
-        raise
-    except (AssertionError, ValueError, KeyError, tf.errors.OpError) as error:
-        raise CheckpointMismatch(f"cannot restore {checkpoint_dir}: {one_line(error)}") from None
-    if not model.is_initialized():
-        raise CheckpointMismatch(f"{source} holds a model whose ActNorm layers were never initialised")
-    return source
+        return FeatureStats.load(path)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointMismatch(f"{what}cannot read {path}: {one_line(error)}") from None
 
 
 def read_singers(checkpoint_dir: str) -> Optional[Tuple[str, ...]]:
@@ -177,12 +199,10 @@ def saved_feature_stats(config: Config) -> Optional[FeatureStats]:
     when the folder holds no checkpoint or no such file (a fresh run normalises with its
     records' statistics)."""
     path = os.path.join(config.checkpoint_dir, STATS_NAME)
+    # check_checkpoint_dir also refuses a file that the checkpoints' digest does not match.
     if check_checkpoint_dir(config) is None or not os.path.isfile(path):
         return None
-    try:
-        return FeatureStats.load(path)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise CheckpointMismatch(f"cannot read {path}: {one_line(error)}") from None
+    return _load_stats(path)
 
 
 def check_init_from(config: Config) -> Optional[str]:
@@ -210,7 +230,7 @@ def check_init_from(config: Config) -> Optional[str]:
     if problems:
         raise CheckpointMismatch(f"--init_from {source} is a run of another model configuration: "
                                  f"{', '.join(problems)}; pass matching model flags")
-    if tf.train.latest_checkpoint(source) is None and not os.path.isfile(
+    if not find_checkpoints(source).candidates and not os.path.isfile(
             os.path.join(source, WEIGHTS_NAME)):
         raise FileNotFoundError(f"--init_from {source} holds no checkpoint and no {WEIGHTS_NAME}")
     return source
@@ -218,14 +238,12 @@ def check_init_from(config: Config) -> Optional[str]:
 
 def init_from_stats(config: Config) -> FeatureStats:
     """The ``feature_stats.json`` of ``config.init_from`` (a fine-tuning run normalises with it
-    unless ``--renormalize``)."""
+    unless ``--renormalize``), refused unless its weights were trained with it."""
     path = os.path.join(config.init_from, STATS_NAME)
-    try:
-        stats = FeatureStats.load(path)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise CheckpointMismatch(f"--init_from: cannot read {path}: {one_line(error)}") from None
+    stats = _load_stats(path, "--init_from: ")
     if not stats.matches(config):
         raise CheckpointMismatch(f"--init_from: {path} was computed under other feature settings")
+    check_stats_tie(config.init_from, stats, what="--init_from: ")
     return stats
 
 
@@ -233,9 +251,13 @@ class RunFolder:
     """The checkpoint folder of a training run: numbered checkpoints and the files beside them.
 
     ``checkpoint`` is the run's ``tf.train.Checkpoint`` (model, optimizer, step, skipped_steps);
-    checkpoints are numbered by ``step``. Only the chief worker writes into the folder; the other
-    workers take part in every save (a multi-worker save may run collectives) but write to a
-    scratch folder that is removed at once.
+    checkpoints are numbered by ``step``. Each one saved also holds ``feature_stats_digest``
+    (:func:`utils.checkpoint_files.stats_digest` of the run's normalisation), which restoring
+    leaves alone, so checkpoints written before it restore as they did. Only the chief worker
+    writes into the folder; the other workers take part in every save (a multi-worker save may
+    run collectives) but write to a scratch folder that is removed at once. Every write that
+    fails raises :class:`SaveFailed` (one line: the path, the OS error, the last good
+    checkpoint) with its temporary files removed.
 
     Attributes:
         last_checkpoint: the checkpoint last written or restored (None before either).
@@ -251,6 +273,13 @@ class RunFolder:
         self._manager: Optional[tf.train.CheckpointManager] = None
         self.last_checkpoint: Optional[str] = None
         self.last_saved_step = -1
+        with tf.device("/cpu:0"):
+            self._digest = tf.Variable(0, dtype=tf.int64, trainable=False, name=DIGEST_NAME)
+        # What is saved: the checkpoint's objects and the digest. Restoring uses ``checkpoint``
+        # alone, which ignores the digest, so a checkpoint without one still matches.
+        parts = dict(tf.train.TrackableView(checkpoint).children(checkpoint))
+        parts.pop("save_counter", None)  # each tf.train.Checkpoint keeps its own
+        self._saved = tf.train.Checkpoint(**parts, **{DIGEST_NAME: self._digest})
 
     @property
     def path(self) -> str:
@@ -261,63 +290,112 @@ class RunFolder:
         """The CheckpointManager of the folder (created on first use: it creates the folder)."""
         if self._manager is None:
             self._manager = tf.train.CheckpointManager(
-                self.checkpoint, self.path, self.config.max_checkpoints, step_counter=self.step)
+                self._saved, self.path, self.config.max_checkpoints, step_counter=self.step)
         return self._manager
 
-    def restore(self, model: Glow, path: str) -> str:
-        """Restore everything in ``checkpoint`` from ``path``; returns ``path``.
+    def writing(self):
+        """The folder's lock for the whole of a training run (see :func:`writer_lock`)."""
+        return writer_lock(self.path, self.task)
 
-        Raises:
-            CheckpointMismatch: the checkpoint holds another model or cannot be read.
-        """
+    # ------------------------------------------------------------------ restoring
+    def _restore(self, model: Glow, path: str) -> None:
+        """Restore ``path``; a damaged file raises one of ``DAMAGE_ERRORS``, a checkpoint of
+        another model :class:`CheckpointMismatch`."""
+        check_model_matches(model, path)
         try:
-            check_model_matches(model, path)
-            self.checkpoint.restore(path).assert_existing_objects_matched()
-        except CheckpointMismatch:
-            raise
-        except (AssertionError, ValueError, KeyError, tf.errors.OpError) as error:
+            # Every object of the run must be found; the digest, which ``checkpoint`` does not
+            # hold, is read apart (expect_partial: no log lines about it).
+            self.checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
+        except AssertionError as error:
             raise CheckpointMismatch(f"cannot restore {path}: {one_line(error)}") from None
         self.last_checkpoint = path
         self.last_saved_step = int(self.step.numpy())
+
+    def resume(self, model: Glow, stats: Optional[FeatureStats]) -> Optional[str]:
+        """Restore the newest checkpoint of the folder that can be read; returns its path (None
+        when the folder holds none).
+
+        Checkpoints are found on disk (:func:`utils.checkpoint_files.find_checkpoints`): with a
+        missing, garbled or stale index file, or a damaged newest checkpoint, one warning line
+        each says which checkpoint the run resumes from, and the chief rewrites the index to
+        name it (holding the folder's lock; the manager then keeps and deletes checkpoints as
+        before).
+
+        Raises:
+            CheckpointDamaged: no checkpoint can be read.
+            CheckpointMismatch: another model, or ``stats`` are not the normalisation the
+                checkpoint records (checked before the index is rewritten).
+            SaveFailed: the index cannot be rewritten.
+            FolderLocked: another live run took the folder meanwhile.
+        """
+        found = find_checkpoints(self.path)
+        warn = warnings.warn if self.task.is_chief else (lambda _: None)
+        path = restore_newest(found, lambda prefix: self._restore(model, prefix), warn)
+        if path is None:
+            return None
+        if stats is not None:
+            check_stats_tie(self.path, stats, path)
+        if self.task.is_chief and (found.problem or path != found.candidates[0]):
+            kept = [prefix for step, prefix in found.on_disk if step <= step_of(path)]
+            with self.writing(), self._writing(found.index_path):
+                write_index(self.path, path, kept)
+        if found.problem:
+            warn(f"{found.index_path} is {found.problem}: resuming from "
+                 f"{os.path.basename(path)} found on disk")
         return path
+
+    # ------------------------------------------------------------------ writing
+    @contextlib.contextmanager
+    def _writing(self, path: str):
+        """Turn a failed write of ``path`` into :class:`SaveFailed`."""
+        try:
+            yield
+        except (OSError, tf.errors.OpError) as error:
+            raise self._failed(path, error) from None
+
+    def _failed(self, path: str, error: BaseException) -> SaveFailed:
+        if isinstance(error, WriteFailed):  # already names the file and what to do
+            core = str(error)
+        elif isinstance(error, OSError):
+            core = str(WriteFailed.of(path, error))
+        else:  # TensorFlow's own file errors
+            core = (f"cannot write {path}: {one_line(getattr(error, 'message', error), 200)}; "
+                    "free some space or choose a writable location and run again")
+        last = read_index(self.path)[1] or self.last_checkpoint
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        return SaveFailed(f"{core}; {kept}")
 
     def write_run_files(self, stats: Optional[FeatureStats], singers: Sequence[str] = (),
                         split=None) -> None:
         """Write ``config.json``, ``feature_stats.json``, a conditional run's ``singers.json``
         and, when given, the validation ``split`` (a :class:`utils.validation.ValidationSplit`)
-        as ``validation.json`` (chief only)."""
+        as ``validation.json`` (chief only; each atomically)."""
         if not self.task.is_chief:
             return
-        os.makedirs(self.path, exist_ok=True)
-        self.config.save(os.path.join(self.path, CONFIG_NAME))
+        with self._writing(self.path):
+            os.makedirs(self.path, exist_ok=True)
+        writes = [(CONFIG_NAME, self.config.save)]
         if stats is not None:
-            stats.save(os.path.join(self.path, STATS_NAME))
+            writes.append((STATS_NAME, stats.save))
         if singers:
-            write_singers(self.path, singers)
+            writes.append((SINGERS_NAME, lambda _: write_singers(self.path, singers)))
         if split is not None:
-            split.save(os.path.join(self.path, VALIDATION_NAME))
+            writes.append((VALIDATION_NAME, split.save))
+        for name, write in writes:
+            path = os.path.join(self.path, name)
+            with self._writing(path):
+                write(path)
 
     # ------------------------------------------------------------------ best/
     @property
     def best_path(self) -> str:
         return os.path.join(self.path, BEST_NAME)
 
-    def _settle_best(self) -> None:
-        """Finish or undo a replacement of ``best/`` that a crash interrupted."""
-        old = os.path.join(self.path, _BEST_OLD)
-        if os.path.isdir(old) and not os.path.isdir(self.best_path):
-            os.rename(old, self.best_path)
-        shutil.rmtree(old, ignore_errors=True)
-        if os.path.isdir(self.path):
-            for name in os.listdir(self.path):
-                if name.startswith(_BEST_NEW_PREFIX):
-                    shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
-
     def best_record(self) -> Optional[dict]:
         """``best/best.json`` (``step``, ``epoch``, ``val_bits_per_dim``, ``val_nll``,
         ``patches``) or None when the folder has no best weights yet."""
         if self.task.is_chief:
-            self._settle_best()
+            settle_folder(self.best_path)  # a crash inside a replacement: put the old one back
         try:
             with open(os.path.join(self.best_path, BEST_RECORD), encoding="utf-8") as handle:
                 record = json.load(handle)
@@ -331,49 +409,53 @@ class RunFolder:
         """Replace ``best/`` by a complete run folder of ``model``'s current weights: its
         ``config.json`` (this run's, ``checkpoint_dir`` pointing at it), ``feature_stats.json``,
         a conditional run's ``singers.json``, ``glow.weights.h5`` and ``best.json``
-        (``record``). Chief only (None on the other workers).
+        (``record`` and the digest of ``stats``). Chief only (None on the other workers).
 
-        Never partial: the new folder is written beside (``.best-new-*``) and renamed into
-        place; the old one is first renamed to ``.best-old`` and removed after. A crash
-        between the two renames leaves ``.best-old``, which the next :meth:`best_record` or
-        :meth:`write_best` renames back.
+        Never partial: built in a scratch folder and swapped in whole by
+        :func:`utils.files.replace_folder` (a crash between its two renames is put right by the
+        next :meth:`best_record` or :meth:`write_best`).
         """
         if not self.task.is_chief:
             return None
-        os.makedirs(self.path, exist_ok=True)
-        self._settle_best()
-        scratch = tempfile.mkdtemp(prefix=_BEST_NEW_PREFIX, dir=self.path)
-        old = os.path.join(self.path, _BEST_OLD)
-        try:
+
+        def build(scratch: str) -> None:
             self.config.replace(checkpoint_dir=self.best_path).save(
                 os.path.join(scratch, CONFIG_NAME))
             stats.save(os.path.join(scratch, STATS_NAME))
             if singers:
                 write_singers(scratch, singers)
             model.save_weights(os.path.join(scratch, WEIGHTS_NAME))
+            tied = dict(record, **{BEST_DIGEST: f"{stats_digest(stats):015x}"})
             atomic_write_text(os.path.join(scratch, BEST_RECORD),
-                              json.dumps(record, indent=1) + "\n")
-            if os.path.isdir(self.best_path):
-                os.rename(self.best_path, old)
-            os.rename(scratch, self.best_path)
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-        return self.best_path
+                              json.dumps(tied, indent=1) + "\n")
 
+        with self._writing(self.best_path):
+            return replace_folder(self.best_path, build)
+
+    # ------------------------------------------------------------------ checkpoints
     def save(self, stats: Optional[FeatureStats], singers: Sequence[str] = ()) -> Optional[str]:
         """Save a checkpoint numbered by the step, with the run files; returns its path (chief)
-        or None (other workers). Every worker must call it."""
+        or None (other workers). Every worker must call it.
+
+        Raises:
+            SaveFailed: a file cannot be written; what the failed save wrote is removed and the
+                index still names the last good checkpoint.
+        """
         step = int(self.step.numpy())
+        self._digest.assign(stats_digest(stats) if stats is not None else 0)
         if self.task.is_chief:
             self.write_run_files(stats, singers)
-            path = self.manager.save(checkpoint_number=step)
+            prefix = os.path.join(self.path, f"ckpt-{step}")
+            try:
+                path = self.manager.save(checkpoint_number=step)
+            except (OSError, tf.errors.OpError) as error:
+                discard_failed_save(self.path, step)
+                raise self._failed(prefix, error) from None
             self.last_checkpoint = path
         else:
             scratch = tempfile.mkdtemp(prefix=f"singlow-worker{self.task.index}-")
             try:
-                self.checkpoint.write(os.path.join(scratch, "ckpt"))
+                self._saved.write(os.path.join(scratch, "ckpt"))
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             path = None
@@ -382,14 +464,27 @@ class RunFolder:
 
     def export_weights(self, model: Glow, path: Optional[str] = None) -> Optional[str]:
         """Write the model weights alone as ``.weights.h5`` (default ``glow.weights.h5`` in the
-        folder); returns the path (None on other workers, which write nothing)."""
+        folder), atomically (Keras names the file itself, so it is written into a scratch folder
+        beside and copied into place); returns the path (None on other workers, which write
+        nothing)."""
         path = path or os.path.join(self.path, WEIGHTS_NAME)
         if not path.endswith(".weights.h5"):
             raise ValueError(f"weights must be saved to a .weights.h5 file, got {path}")
         if not self.task.is_chief:
             return None
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        model.save_weights(path)
+        parent = os.path.dirname(os.path.abspath(path))
+        with self._writing(path):
+            os.makedirs(parent, exist_ok=True)
+            for name in os.listdir(parent):  # left by a process killed while exporting
+                if name.startswith(_EXPORT_SCRATCH):
+                    shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            scratch = tempfile.mkdtemp(prefix=_EXPORT_SCRATCH, dir=parent)
+            try:
+                written = os.path.join(scratch, os.path.basename(path))
+                model.save_weights(written)
+                atomic_write(path, lambda tmp: shutil.copyfile(written, tmp))
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
         return path
 
 
@@ -399,13 +494,17 @@ def load_for_inference(checkpoint_dir: str) -> Codec:
 
     Reads ``config.json`` (rebuilds the model it describes), ``feature_stats.json`` (the
     normalisation the model was trained with), a conditional run's ``singers.json`` and the
-    latest checkpoint's model weights (the optimizer state is ignored), or ``glow.weights.h5``
-    when the folder holds no checkpoint (as a run's ``best/`` folder, the weights of its lowest
-    validation bits/dim). The model computes in float32 whatever ``--mixed_precision`` trained it.
+    newest readable checkpoint's model weights (the optimizer state is ignored; a damaged
+    checkpoint or index gives a warning line and the previous one is used), or
+    ``glow.weights.h5`` when the folder holds no checkpoint (as a run's ``best/`` folder, the
+    weights of its lowest validation bits/dim). The model computes in float32 whatever
+    ``--mixed_precision`` trained it. Takes no lock: reading never changes the folder.
 
     Raises:
         FileNotFoundError: the folder, its config.json, feature_stats.json or weights are missing.
-        CheckpointMismatch: the files disagree with each other (one-line message).
+        CheckpointMismatch: the files disagree with each other (one-line message), e.g. a
+            ``feature_stats.json`` that is not the one the weights were trained with.
+        CheckpointDamaged: no checkpoint can be read and there is no ``glow.weights.h5``.
     """
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"checkpoint folder not found: {checkpoint_dir}")
@@ -434,5 +533,6 @@ def load_for_inference(checkpoint_dir: str) -> Codec:
         raise CheckpointMismatch(f"{os.path.join(checkpoint_dir, SINGERS_NAME)} is missing: a "
                                  "conditional checkpoint needs its singer map")
     model = Glow.from_config(config, num_singers=len(singers))
-    restore_model(model, checkpoint_dir)
+    source = restore_model(model, checkpoint_dir)
+    check_stats_tie(checkpoint_dir, stats, source)
     return Codec(model, config, stats, singers if config.conditional else ())
