@@ -212,3 +212,16 @@ def test_train_refuses_a_batch_that_cannot_fit_and_a_read_only_checkpoint_folder
             if not os.access(disk, os.W_OK) else
             f"--checkpoint_dir {os.path.join(disk, 'ck')} is not a writable folder "
             "(Read-only file system)")
+
+
+def test_records_on_a_full_disk_fail_on_one_line_and_leave_no_shard(demo_corpus, tmp_path,
+                                                                     capsys):
+    import data_loader
+
+    with mounted_tmpfs(tmp_path, size="200k") as disk:  # the corpus is about 770 kB of float32
+        records = os.path.join(disk, "records")
+        assert data_loader.main([demo_corpus.virtual, demo_corpus.real, "--out", records]) == 1
+        message = one_error(capsys, "data_loader.py")
+        assert message.startswith(f"cannot write {records}{os.sep}shard-00000.tfrecord: No space "
+                                  "left on device"), message
+        assert os.listdir(records) == []  # no half shard, no manifest, the lock released

@@ -15,7 +15,9 @@ loses) until ``SongDataLoader.make`` rebuilds it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -30,7 +32,7 @@ import tensorflow as tf
 from common_definitions import Config
 from utils.features import FeatureStats, MomentSum, patch_features
 from utils.errors import SinGlowError
-from utils.files import file_digest
+from utils.files import WriteFailed, file_digest
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -111,6 +113,19 @@ def tf_reason(error: BaseException) -> str:
     text = " ".join(str(getattr(error, "message", error)).split())
     found = re.search(r"(corrupted|truncated) record at \d+", text)
     return found.group(0) if found else type(error).__name__
+
+
+@contextlib.contextmanager
+def tf_writes(path: str) -> Iterator[None]:
+    """Report a TensorFlow file-write error inside the block (a full disk while a
+    ``TFRecordWriter`` writes ``path``) as :class:`~utils.files.WriteFailed`: one line naming
+    ``path``, instead of a traceback."""
+    try:
+        yield
+    except tf.errors.OpError as error:
+        full = isinstance(error, tf.errors.ResourceExhaustedError)
+        reason = " ".join(str(getattr(error, "message", error)).split()).rsplit("; ", 1)[-1]
+        raise WriteFailed.of(path, OSError(errno.ENOSPC if full else errno.EIO, reason)) from None
 
 
 def check_file(path: str, recorded: Optional[dict], records: int) -> Optional[str]:

@@ -50,6 +50,7 @@ from utils.records import (
     shard_damage,
     shard_record,
     stats_path,
+    tf_writes,
 )
 
 
@@ -206,9 +207,11 @@ class _ShardWriter:
             self.names.append(SHARD_PATTERN.format(self.index))
             self.index += 1
             self.target = AtomicFile(os.path.join(self.records_dir, self.names[-1]))
-            self.writer = tf.io.TFRecordWriter(self.target.tmp)
+            with tf_writes(self.target.path):
+                self.writer = tf.io.TFRecordWriter(self.target.tmp)
             self.filled = self.count = 0
-        self.writer.write(record)
+        with tf_writes(self.target.path):
+            self.writer.write(record)
         self.filled += num_samples
         self.count += 1
         return self.names[-1]
@@ -216,7 +219,8 @@ class _ShardWriter:
     def close(self) -> None:
         """Complete the shard being written: close, checksum and rename it."""
         if self.writer is not None:
-            self.writer.close()
+            with tf_writes(self.target.path):
+                self.writer.close()
             self.writer = None
             self.records[self.names[-1]] = shard_record(self.target.tmp, self.count)
             self.target.commit()
@@ -226,6 +230,8 @@ class _ShardWriter:
         if self.writer is not None:
             try:
                 self.writer.close()
+            except tf.errors.OpError:  # e.g. the full disk that stopped the writing
+                pass
             finally:
                 self.writer = None
                 self.target.discard()

@@ -123,7 +123,7 @@ def update_cache(records_dir: str, config: Config, shard_names: Sequence[str],
     """Analyse the songs of every audio shard in ``shard_names`` not cached yet, or whose cache
     shard is damaged (one warning line each); drop the caches of shards no longer listed.
     Returns the cache folder. The caller holds the records folder's lock."""
-    from utils.records import iterate_songs, shard_record
+    from utils.records import iterate_songs, shard_record, tf_writes
     from utils.world_features import analyse, require_pyworld
 
     require_pyworld()
@@ -150,7 +150,7 @@ def update_cache(records_dir: str, config: Config, shard_names: Sequence[str],
             records = [_serialize(a.features, s.path, s.label) for s, a in zip(songs, analyses)]
 
             def write(tmp: str, records=records, name=name) -> None:
-                with tf.io.TFRecordWriter(tmp) as writer:
+                with tf_writes(os.path.join(folder, name)), tf.io.TFRecordWriter(tmp) as writer:
                     for record in records:
                         writer.write(record)
                 checks[name] = shard_record(tmp, len(records))
