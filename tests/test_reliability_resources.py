@@ -225,3 +225,34 @@ def test_records_on_a_full_disk_fail_on_one_line_and_leave_no_shard(demo_corpus,
         assert message.startswith(f"cannot write {records}{os.sep}shard-00000.tfrecord: No space "
                                   "left on device"), message
         assert os.listdir(records) == []  # no half shard, no manifest, the lock released
+
+
+def test_a_full_disk_under_the_event_writer_is_one_line_and_keeps_the_checkpoint(
+        tiny_records, tmp_path, capsys):
+    import tensorflow as tf
+
+    import train
+    from utils.cli import disk_error
+
+    error = tf.errors.ResourceExhaustedError(None, None, "{{function_node x}} /l/events.v2; No "
+                                             "space left on device\n\tFailed to flush 5 events")
+    assert disk_error(error) == ("cannot write /l/events.v2: No space left on device; make room "
+                                 "or choose another folder and run again (what was saved before "
+                                 "is intact)")
+    assert disk_error(ValueError("/x; No space left on device")) is None  # not TensorFlow's
+    with mounted_tmpfs(tmp_path, size="48k") as disk:
+        ck = str(tmp_path / "ck")
+        code = train.main(["--records_dir", tiny_records, "--n_fft", "62", "--hop_length", "16",
+                           "--window_size", "16", "--k_glow", "2", "--l_glow", "2",
+                           "--hidden_channels", "8", "--batch_size", "8", "--epochs", "1",
+                           "--steps_per_epoch", "4", "--validation_split", "0",
+                           "--checkpoint_dir", ck, "--logdir", os.path.join(disk, "logs"),
+                           "--output_dir", str(tmp_path / "out"), "--no_progress"])
+        assert code == 1
+        message = one_error(capsys, "train.py")
+        assert message.startswith(f"cannot write {disk}{os.sep}logs{os.sep}events.out.tfevents"
+                                  ), message
+        assert message.endswith(": No space left on device; make room or choose another folder "
+                                "and run again (what was saved before is intact)")
+    assert tf.train.latest_checkpoint(ck) is not None and not os.path.exists(
+        os.path.join(ck, ".lock"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import warnings
 from typing import Any, Callable, Optional, Sequence
@@ -86,6 +87,26 @@ _REFUSED = (SinGlowError, ValueError, OSError)
 _FAILED = (SinGlowError, OSError)
 
 
+# What the file system says in a TensorFlow error (the event writer's or a reader's), and the
+# path the error names before it ("... /logs/events.out...; No space left on device").
+_DISK_REASONS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                 "Permission denied")
+_DISK_ERROR = re.compile(r"(\S+); (" + "|".join(_DISK_REASONS) + ")")
+
+
+def disk_error(error: BaseException) -> Optional[str]:
+    """A TensorFlow error that is the file system refusing a write (e.g. a full disk under
+    TensorBoard's event writer), as one line naming the file; None for any other error."""
+    if not type(error).__module__.startswith("tensorflow"):
+        return None
+    found = _DISK_ERROR.search(" ".join(str(getattr(error, "message", error)).split()))
+    if found is None:
+        return None
+    path, reason = found.groups()
+    return (f"cannot write {path}: {reason}; make room or choose another folder and run again "
+            "(what was saved before is intact)")
+
+
 def run_cli(
     prog: str,
     parser: argparse.ArgumentParser,
@@ -137,6 +158,12 @@ def run_cli(
                 return EXIT_REFUSED
             except _FAILED as error:
                 print_error(prog, error)
+                return EXIT_FAILED
+            except Exception as error:  # a bug keeps its traceback; a refused write does not
+                message = disk_error(error)
+                if message is None:
+                    raise
+                print_error(prog, message)
                 return EXIT_FAILED
         except KeyboardInterrupt:  # e.g. while TensorFlow loads, or a second Ctrl-C
             extra = on_interrupt(args) if on_interrupt is not None else ""
