@@ -339,12 +339,11 @@ def prepare(args: argparse.Namespace) -> Prepared:
     started = time.perf_counter()
     from utils.latent_stats import LatentStats, weights_fingerprint
     from utils.run_folder import load_for_inference
-    from utils.song_chunks import default_chunking
     from utils.song_folders import list_audio
 
     codec = load_for_inference(args.checkpoint_dir)
-    chunk, _ = default_chunking(codec.config)
-    check_inference_fits(codec.config, max(chunk, codec.config.input_shape[0]), args.batch_size)
+    # Patches of one window each, --batch_size per model call (the chunked songs are smaller).
+    check_inference_fits(codec.config, codec.config.input_shape[0], args.batch_size)
     for folder in (args.virtual, args.real):
         list_audio(folder)
     reference = None

@@ -116,8 +116,7 @@ class WriteFailed(OSError):
             reason += f"{left}; free some space and run again (nothing was replaced)"
         elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             reason += "; choose a writable location (nothing was replaced)"
-        failed = cls(error.errno, f"cannot write {path}: {reason}")
-        return failed
+        return cls(error.errno, f"cannot write {path}: {reason}")
 
     def __str__(self) -> str:  # without OSError's "[Errno N]" prefix
         return str(self.strerror)
