@@ -130,6 +130,14 @@ class Config:
                 "another")
     singer_dims: int = _field(16, "size of a singer's embedding (with --conditional)",
                               model=True)
+    singer_norm: bool = _field(
+        True, "a conditional model first standardises each singer's features per bin "
+              "(SingerNorm)", model=True,
+        details="a linear map of the singer's embedding, set from each singer's moments on the "
+                "first batch and then trained; conversion starts from per-bin moment matching "
+                "between the singers (checkpoints saved before it existed load without it)",
+        flag="--no_singer_norm",
+        flag_help="a conditional model without the per-singer input normalisation")
     # training
     batch_size: int = _field(16, "global batch size (split over the devices)")
     learning_rate: float = _field(1e-3, "peak Adam learning rate")
@@ -280,6 +288,9 @@ class Config:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown Config fields {unknown}; known fields: {sorted(known)}")
+        if "conditional" in data and "singer_norm" not in data:
+            # Saved before SingerNorm existed: those conditional models have none.
+            data = {**data, "singer_norm": False}
         return cls(**data)
 
     @classmethod

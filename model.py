@@ -46,6 +46,7 @@ from utils.flow_layers import (  # noqa: F401
     FlowStep,
     GaussianPrior,
     Invertible1x1Conv,
+    SingerNorm,
     ZeroConv2D,
     squeeze,
     unsqueeze,
@@ -56,7 +57,7 @@ LOG_2PI = math.log(2.0 * math.pi)
 _DEFAULTS = Config()
 # Glow's keywords besides input_shape: Config fields of the same names (Glow.from_config).
 _GLOW_KEYWORDS = ("k_glow", "l_glow", "hidden_channels", "coupling", "lu_decomposed",
-                  "scale_shift", "seed", "singer_dims")
+                  "scale_shift", "seed", "singer_dims", "singer_norm")
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -86,7 +87,7 @@ class Glow(keras.Model):
                  coupling: str = _DEFAULTS.coupling, lu_decomposed: bool = _DEFAULTS.lu_decomposed,
                  scale_shift: float = _DEFAULTS.scale_shift, seed: int = _DEFAULTS.seed,
                  num_singers: int = 0, singer_dims: int = _DEFAULTS.singer_dims,
-                 name: str = "glow", **kwargs):
+                 singer_norm: bool = _DEFAULTS.singer_norm, name: str = "glow", **kwargs):
         super().__init__(name=name, **kwargs)
         shape = tuple(int(s) for s in input_shape)
         self.k_glow, self.l_glow = int(k_glow), int(l_glow)
@@ -94,15 +95,23 @@ class Glow(keras.Model):
         self.lu_decomposed = bool(lu_decomposed)
         self.scale_shift, self.seed = float(scale_shift), int(seed)
         self.num_singers, self.singer_dims = int(num_singers), int(singer_dims)
+        self.singer_norm = bool(singer_norm)
         self._validate(shape)
         cond_dims = self.singer_dims if self.num_singers else 0
-        if self.num_singers:
-            # Unit-variance embeddings: distinct singers start far apart in conditioning space.
-            self.singer_embedding = self.add_weight(
-                shape=(self.num_singers, self.singer_dims), name="singer_embedding",
-                initializer=keras.initializers.RandomNormal(stddev=1.0, seed=self.seed))
         self.image_shape = shape
         height, width, channels = shape
+        self.input_norm: Optional[SingerNorm] = None
+        if self.num_singers:
+            # Unit-variance embeddings: distinct singers start far apart in conditioning space.
+            # Every use of an embedding is a trained linear map of it, so with SingerNorm (a
+            # fixed function of the embedding) it is fixed too, at no loss of expressiveness
+            # while the singers are no more than singer_dims.
+            self.singer_embedding = self.add_weight(
+                shape=(self.num_singers, self.singer_dims), name="singer_embedding",
+                initializer=keras.initializers.RandomNormal(stddev=1.0, seed=self.seed),
+                trainable=not self.singer_norm)
+            if self.singer_norm:
+                self.input_norm = SingerNorm(width, channels, cond_dims, name="singer_norm")
         self.time_only = width == 1
         kernel_size = (3, 1) if self.time_only else (3, 3)
 
@@ -210,6 +219,8 @@ class Glow(keras.Model):
         logdet = tf.zeros([tf.shape(x)[0]])
         latents = []
         h = x
+        if self.input_norm is not None:
+            h, logdet = self.input_norm.forward(h, cond)
         for level, steps in enumerate(self.levels):
             h = squeeze(h, self.time_only)
             for step in steps:
@@ -240,6 +251,8 @@ class Glow(keras.Model):
             for step in reversed(self.levels[level]):
                 h = step.inverse(h, cond)
             h = unsqueeze(h, self.time_only)
+        if self.input_norm is not None:
+            h = self.input_norm.inverse(h, cond)
         return h
 
     def _flatten(self, latents) -> tf.Tensor:
@@ -265,21 +278,31 @@ class Glow(keras.Model):
         """Keras entry point: the forward (encoding) direction, returns (z, logdet)."""
         return self.encode(x, singer)
 
-    def initialize(self, x: tf.Tensor, singer=None) -> bool:
-        """Data-dependent ActNorm initialisation on the batch ``x`` (of singers ``singer``);
-        runs at most once.
+    def initialize(self, x: tf.Tensor, singer=None, frames=None) -> bool:
+        """Data-dependent ActNorm (and SingerNorm) initialisation on the batch ``x`` (of singers
+        ``singer`` (B,) ids); runs at most once. ``frames`` (B, H) bool: the frames SingerNorm
+        takes each singer's moments over (default all; the trainer passes the sounding ones).
 
         Returns True if it initialised, False if the model was already initialised (for example
         restored from a checkpoint), in which case nothing changes.
         """
         if self.is_initialized():
             return False
-        self._forward(tf.convert_to_tensor(x, tf.float32), self.singer_condition(singer),
-                      initialize=True)
+        x = tf.convert_to_tensor(x, tf.float32)
+        cond = self.singer_condition(singer)
+        if self.input_norm is not None:
+            singer = tf.convert_to_tensor(singer)
+            if singer.dtype.is_floating:
+                raise ValueError("initialising a SingerNorm model needs singer ids, not vectors")
+            self.input_norm.initialize(x, singer, self.singer_embedding, frames)
+        self._forward(x, cond, initialize=True)
         return True
 
     def is_initialized(self) -> bool:
-        return all(bool(step.actnorm.initialized.numpy()) for steps in self.levels for step in steps)
+        flags = [step.actnorm.initialized for steps in self.levels for step in steps]
+        if self.input_norm is not None:
+            flags.append(self.input_norm.initialized)
+        return all(bool(flag.numpy()) for flag in flags)
 
     @tf.function(reduce_retracing=True)
     def encode(self, x, singer=None):
@@ -310,6 +333,17 @@ class Glow(keras.Model):
         under the same ``singer`` (conversion: decode under another one)."""
         cond = self.singer_condition(singer)
         return self._inverse(self._unflatten(tf.convert_to_tensor(z, tf.float32)), cond)
+
+    def singer_moment_map(self, x, source, target) -> tf.Tensor:
+        """Per-bin moment matching of ``x`` (B, H, W, C) from the ``source`` to the ``target``
+        conditioning (ids or vectors) as the SingerNorm layer sees it: standardise under the
+        source, de-standardise under the target. ``x`` unchanged without a SingerNorm (an
+        unconditional model, or ``--no_singer_norm``)."""
+        x = tf.convert_to_tensor(x, tf.float32)
+        if self.input_norm is None:
+            return x
+        y, _ = self.input_norm.forward(x, self.singer_condition(source))
+        return self.input_norm.inverse(y, self.singer_condition(target))
 
     def log_prob(self, x, singer=None):
         """log p(x) (or log p(x | singer)) in nats, shape (B,): sum log N(z; 0, 1) + logdet."""

@@ -42,6 +42,7 @@ from data_loader import SongDataLoader
 from model import Glow, standard_normal_log_prob
 from utils.audio import check_invertible
 from utils.distribute import Collectives, cluster_size, make_strategy  # noqa: F401 (re-exported)
+from utils.features import sounding_frames
 from utils.optimizer import SummedGradientAdam, WarmupSchedule
 from utils.plots import spectrogram_image  # noqa: F401 (re-exported)
 from utils.precision import MixedPrecision
@@ -204,8 +205,13 @@ class Trainer:
             return False
         batch = self.init_batch() if batch is None else batch
         x, singer = batch if isinstance(batch, tuple) else (batch, None)
+        frames = None
+        if getattr(self.model, "input_norm", None) is not None:
+            # SingerNorm's moments over sounding frames only: one singer's digital silence must
+            # not set the scale its voiced frames are standardised by.
+            frames = sounding_frames(np.asarray(x), np.asarray(singer), self.config, self.stats)
         with self.strategy.scope():
-            self.model.initialize(tf.convert_to_tensor(x, tf.float32), singer)
+            self.model.initialize(tf.convert_to_tensor(x, tf.float32), singer, frames)
         self.collectives.broadcast_from_first_replica(list(self.model.variables))
         return True
 

@@ -41,7 +41,22 @@ def test_a_conditional_run_trains_on_singer_ids_and_saves_its_singer_map(conditi
                                                   labels=True)))
     np.testing.assert_array_equal(x.numpy(), patches.numpy())
     assert [trainer.singers[i] for i in ids.numpy()] == [n.decode() for n in names.numpy()]
-    # Training used the conditioning: the two singers' embeddings moved apart from their start.
+    # SingerNorm was set from the first batch, each singer's sounding frames standardised, and
+    # is not trained (neither is the embedding it is a function of).
+    from utils.features import sounding_frames
+
+    model = trainer.model
+    assert config.singer_norm and model.input_norm is not None and model.is_initialized()
+    trained = {id(v) for v in model.trainable_variables}
+    assert id(model.input_norm.kernel) not in trained and id(model.singer_embedding) not in trained
+    frames = sounding_frames(patches.numpy(), ids.numpy(), config, trainer.stats)
+    y, _ = model.input_norm.forward(patches, model.singer_condition(ids))
+    for singer in set(ids.numpy()):
+        mine = ids.numpy() == singer
+        if frames[mine].sum() >= model.input_norm.MIN_FRAMES:
+            sounding = y.numpy()[mine][frames[mine]]  # (N, W, C)
+            np.testing.assert_allclose(sounding.mean(axis=0), 0.0, atol=1e-4)
+    # Training used the conditioning: the two singers' latents differ.
     z_real = trainer.model.encode(patches, tf.zeros_like(ids))[0]
     z_virtual = trainer.model.encode(patches, tf.ones_like(ids))[0]
     assert float(tf.reduce_max(tf.abs(z_real - z_virtual))) > 1e-3

@@ -14,6 +14,7 @@ from model import (
     GaussianPrior,
     Glow,
     Invertible1x1Conv,
+    SingerNorm,
     squeeze,
     unsqueeze,
 )
@@ -303,7 +304,7 @@ def _condition(seed, batch=1):
     return tf.random.stateless_normal((batch, SINGER_DIMS), seed=[seed, 77])
 
 
-@pytest.mark.parametrize("name", ["affine", "additive", "step"])
+@pytest.mark.parametrize("name", ["affine", "additive", "step", "singer_norm"])
 def test_conditional_layers_invert_with_the_jacobian_logdet_under_each_condition(name):
     channels = 4
     layer = {
@@ -312,11 +313,14 @@ def test_conditional_layers_invert_with_the_jacobian_logdet_under_each_condition
                                            cond_dims=SINGER_DIMS),
         "step": lambda: FlowStep(channels, 8, (3, 3), "affine", True, 2.0, seed=2,
                                  cond_dims=SINGER_DIMS),
+        "singer_norm": lambda: SingerNorm(4, channels, SINGER_DIMS),
     }[name]()
     x = tf.random.stateless_normal((1, 4, 4, channels), seed=[1, 2])
     layer.forward(x, _condition(0))  # build
-    for v in layer.trainable_variables:
-        v.assign(v + 0.1 * tf.random.stateless_normal(v.shape, seed=[3, 4]))
+    # Every float weight, trained or not (SingerNorm's kernel is set from data, not trained).
+    for v in layer.weights:
+        if v.dtype == "float32":
+            v.assign(v + 0.1 * tf.random.stateless_normal(v.shape, seed=[3, 4]))
     outputs = []
     for seed in (0, 1):
         cond = _condition(seed)
@@ -343,6 +347,55 @@ def test_singer_conditioned_priors_whiten_color_and_logdet():
                                        atol=1e-5)
             expected = _brute_force_logdet(lambda t: prior.whiten(t, cond, singer)[0], z)
             assert abs(float(logdet[0]) - expected) < 1e-4
+
+
+def test_singer_norm_standardises_each_singer_and_maps_moments_between_them():
+    rng = np.random.default_rng(0)
+    # Two singers with different per-bin means and spreads; ids interleaved in the batch.
+    means, stds = np.array([[0.0, 2.0, -1.0], [3.0, -2.0, 0.5]]), np.array([[1.0, 0.5, 2.0],
+                                                                              [0.2, 3.0, 1.0]])
+    singer = np.array([0, 1, 0, 1, 1, 0])
+    x = (means[singer][:, None, :, None] + stds[singer][:, None, :, None]
+         * rng.standard_normal((6, 200, 3, 1))).astype(np.float32)
+    embedding = rng.standard_normal((2, SINGER_DIMS)).astype(np.float32)
+    layer = SingerNorm(3, 1, SINGER_DIMS)
+    layer.initialize(x, singer, embedding)
+    y, _ = layer.forward(x, tf.gather(embedding, singer))
+    for s in (0, 1):
+        own = y.numpy()[singer == s]
+        np.testing.assert_allclose(own.mean(axis=(0, 1)), 0.0, atol=1e-5)
+        np.testing.assert_allclose(own.var(axis=(0, 1)), 1.0, rtol=1e-4)
+    # Moments over the chosen frames only: a singer's silent frames do not set its scale.
+    silent = x.copy()
+    silent[singer == 0, :100] = -5.0
+    frames = np.ones(x.shape[:2], bool)
+    frames[singer == 0, :100] = False
+    masked = SingerNorm(3, 1, SINGER_DIMS)
+    masked.initialize(silent, singer, embedding, frames)
+    y_masked = masked.forward(silent, tf.gather(embedding, singer))[0].numpy()
+    sounding = y_masked[singer == 0][:, 100:]
+    np.testing.assert_allclose(sounding.mean(axis=(0, 1)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(sounding.var(axis=(0, 1)), 1.0, rtol=1e-4)
+    assert not masked.trainable_weights  # a fixed standardisation, never trained
+    # Once initialised it keeps its kernel (restored models are never re-initialised).
+    kernel = layer.kernel.numpy()
+    layer.initialize(np.zeros_like(x), singer, embedding)
+    np.testing.assert_array_equal(layer.kernel.numpy(), kernel)
+    # Standardise under singer 0, de-standardise under singer 1: singer 1's moments.
+    source = x[singer == 0]
+    cond = lambda s: tf.constant(np.repeat(embedding[s:s + 1], len(source), 0))  # noqa: E731
+    moved = layer.inverse(layer.forward(source, cond(0))[0], cond(1)).numpy()
+    np.testing.assert_allclose(moved.mean(axis=(0, 1, 3)), x[singer == 1].mean(axis=(0, 1, 3)),
+                               atol=0.05 * stds[1].max())
+    np.testing.assert_allclose(moved.std(axis=(0, 1, 3)), x[singer == 1].std(axis=(0, 1, 3)),
+                               rtol=0.05)
+
+
+def test_configs_saved_before_singer_norm_load_without_it():
+    old = Config(conditional=True).to_dict()
+    del old["singer_norm"]
+    assert Config.from_dict(old).singer_norm is False
+    assert Config.from_dict(Config(conditional=True).to_dict()).singer_norm is True
 
 
 @pytest.fixture(scope="module")

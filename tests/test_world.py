@@ -55,6 +55,35 @@ def test_analysis_is_a_frame_per_hop_and_synthesis_keeps_the_melody(song):
     np.testing.assert_array_equal(world_features.transpose_f0([0.0, 220.0], 12), [0.0, 440.0])
 
 
+def test_a_spiking_envelope_is_bounded_where_it_spikes_and_sounding_frames_found(song):
+    from utils.features import sounding_frames
+
+    analysis = world_features.analyse(song, WORLD)
+    features = analysis.features
+    spiked = features.copy()
+    # A cepstrum whose coefficients are each ordinary can still spike one frequency bin: here
+    # the whole envelope of frame 5 is raised by 40 dB (c0 carries the level).
+    level = world_features._code(world_features._decode(features[5:6, :, 0], WORLD) * 1e4, WORLD)
+    spiked[5, :, 0] = level[0]
+    bounded = world_features.bound_envelope(spiked, features, WORLD)
+    power = lambda f: world_features.envelope_power(f, WORLD)  # noqa: E731
+    assert 10 * np.log10(power(spiked)[5] / power(features)[5]) > 35.0
+    # Back within the song's per-bin range (6 dB margin; re-coding to 16 coefficients smooths).
+    ceiling = world_features._decode(features[:, :, 0], WORLD).max(axis=0)
+    assert power(bounded)[5] <= 2 * 10 ** 0.6 * ceiling.mean()
+    assert power(bounded)[5] < 0.1 * power(spiked)[5]
+    others = np.arange(len(features)) != 5
+    np.testing.assert_array_equal(bounded[others], spiked[others])  # untouched
+    np.testing.assert_array_equal(bounded[:, :, 1], spiked[:, :, 1])
+    # Frames of digital silence are not sounding; the song's voiced frames are.
+    silent = np.concatenate([np.zeros(4000, np.float32), song[:16000]])
+    stats = FeatureStats.identity(WORLD)
+    x = song_to_features(silent, WORLD, stats).x[None]
+    mask = sounding_frames(x, np.array([0]), WORLD, stats)[0]
+    gap = 4000 // WORLD.hop_length
+    assert not mask[2:gap - 2].any() and mask[gap + 2:].mean() > 0.5
+
+
 def test_world_statistics_have_a_channel_each_and_persist(song, tmp_path):
     from utils.features import MomentSum
 

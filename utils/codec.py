@@ -43,6 +43,7 @@ from utils.song_chunks import (
     transform_features,
 )
 from utils.song_folders import iter_folder_songs
+from utils.world_features import bound_envelope
 
 # How far (in normalised units: training standard deviations per bin) converted features may
 # leave the source's per-bin range before they count as a blown-up inverse.
@@ -319,8 +320,10 @@ class Codec(SingerConditioning):
         two singers; ``(N,)`` float32 with the source phase (``chunking``: :meth:`transform`'s
         keywords). Strength 0 is :meth:`reconstruct` (the source to float32 precision), 1 the
         target singer, values between move the conditioning along the line joining them.
-        A decoded value more than :data:`CONVERT_MARGIN` outside the source's per-bin range, or
-        not finite, is replaced by the source's: the inverse can blow up off the data."""
+        A decoded value more than :data:`CONVERT_MARGIN` outside the per-bin range the target's
+        SingerNorm expects of the source (:meth:`model.Glow.singer_moment_map`; the source's own
+        range without one), or not finite, is replaced by the moment-matched source's value:
+        the inverse can blow up off the data."""
         self._need_condition()
         if self.singer is None:
             raise MigrationError("convert needs a singer-conditional checkpoint")
@@ -328,11 +331,20 @@ class Codec(SingerConditioning):
                + float(strength) * self.singer_condition(target)).astype(np.float32)
 
         def bound(decoded: np.ndarray, source: np.ndarray) -> np.ndarray:
-            # A value that left the source's per-bin range by more than CONVERT_MARGIN training
-            # standard deviations is where the inverse blew up: keep the source's there.
-            inside = (np.isfinite(decoded) & (decoded >= source.min(axis=0) - CONVERT_MARGIN)
-                      & (decoded <= source.max(axis=0) + CONVERT_MARGIN))
-            return np.where(inside, decoded, source).astype(np.float32)
+            # The per-bin range the target's SingerNorm expects of this source (the source's own
+            # without one); a value more than CONVERT_MARGIN training standard deviations
+            # outside it is where the inverse blew up: keep the moment-matched source's there.
+            expected = self.model.singer_moment_map(
+                source[None], self.condition[None], mix[None]).numpy()[0]
+            inside = (np.isfinite(decoded) & (decoded >= expected.min(axis=0) - CONVERT_MARGIN)
+                      & (decoded <= expected.max(axis=0) + CONVERT_MARGIN))
+            decoded = np.where(inside, decoded, expected).astype(np.float32)
+            if self.config.feature == "world":
+                # In-range cepstra can still sum to a spike in one frequency bin.
+                raw = bound_envelope(self.stats.denormalize(decoded),
+                                     self.stats.denormalize(expected), self.config)
+                decoded = np.asarray(self.stats.normalize(raw), np.float32)
+            return decoded
 
         return self.transform(samples, None, bound=bound, decode_condition=mix, **chunking)
 

@@ -306,6 +306,39 @@ def song_to_features(samples: np.ndarray, config: Config, stats: FeatureStats) -
     return SongFeatures(stats.normalize(features), phase, len(samples), num_steps)
 
 
+# Frames this far below the loudest frame of their singer (in a batch) are silence.
+SILENCE_DB = 60.0
+
+
+def frame_levels_db(x, config: Config, stats: FeatureStats) -> np.ndarray:
+    """The power of every frame of normalised features ``x (B, H, W, C)``, dB (relative to a
+    full-scale unit amplitude), ``(B, H)``: the STFT bins' summed power for spectrograms, the
+    decoded WORLD envelope's mean power for world, the samples' mean square for waveforms."""
+    raw = np.asarray(stats.denormalize(np.asarray(x, np.float32)), np.float64)
+    if config.feature == "spectrogram":
+        amplitude = np.maximum(np.exp(raw[..., 0]) - config.log_floor, 0.0)
+        power = np.sum(amplitude ** 2, axis=-1)
+    elif config.feature == "world":
+        from utils.world_features import envelope_power
+
+        power = envelope_power(raw.reshape(-1, *raw.shape[2:]), config).reshape(raw.shape[:2])
+    else:
+        power = np.mean(raw ** 2, axis=(2, 3))
+    return 10.0 * np.log10(np.maximum(power, 1e-30))
+
+
+def sounding_frames(x, singer, config: Config, stats: FeatureStats,
+                    silence_db: float = SILENCE_DB) -> np.ndarray:
+    """``(B, H)`` bool: the frames of ``x (B, H, W, C)`` no more than ``silence_db`` below the
+    loudest frame of the same singer (``singer (B,)`` ids) in the batch."""
+    levels = frame_levels_db(x, config, stats)
+    singer = np.asarray(singer).reshape(-1)
+    loudest = np.zeros(len(singer))
+    for s in np.unique(singer):
+        loudest[singer == s] = levels[singer == s].max()
+    return levels >= loudest[:, None] - float(silence_db)
+
+
 def features_to_song(
     x,
     config: Config,

@@ -40,6 +40,8 @@ from utils.errors import SinGlowError
 APERIODICITY_FLOOR = 1e-3
 # Envelope power floor before the logarithm (digital silence stays finite).
 ENVELOPE_FLOOR = 1e-16
+# How far (dB of power) a converted envelope may leave the expected per-frequency range.
+ENVELOPE_MARGIN_DB = 6.0
 # F0 search range of the analysis, Hz: the singing range with a margin.
 F0_FLOOR = 60.0
 F0_CEIL = 1100.0
@@ -115,6 +117,40 @@ def _code(spectrum: np.ndarray, config: Config) -> np.ndarray:
 def _decode(coded: np.ndarray, config: Config) -> np.ndarray:
     return _pyworld().decode_spectral_envelope(np.ascontiguousarray(coded, np.float64),
                                                config.sampling_rate, fft_size(config))
+
+
+def envelope_power(features: np.ndarray, config: Config) -> np.ndarray:
+    """Mean power over frequency of the decoded envelope of every frame of unnormalised
+    ``features (T, world_dims, 2)``: ``(T,)``."""
+    return _decode(np.asarray(features, np.float64)[:, :, 0], config).mean(axis=1)
+
+
+def bound_envelope(features: np.ndarray, expected: np.ndarray, config: Config,
+                   margin_db: float = ENVELOPE_MARGIN_DB) -> np.ndarray:
+    """Keep a decoded envelope inside the per-frequency range of an expected one.
+
+    The coded envelope is a cepstrum: coefficients that are each in a plausible range can still
+    sum to a spike in one frequency bin (measured on conversions: +60 to +90 dB at the Nyquist
+    bin in a few onset frames, i.e. samples hundreds of times full scale). So the bound is
+    applied where the spike is: channel 0 of ``features`` and of ``expected`` (both
+    ``(T, world_dims, 2)``, unnormalised coded features) are decoded to log-power envelopes,
+    each frequency bin of ``features`` is clipped to ``[min, max]`` of ``expected``'s over its
+    frames, widened by ``margin_db``, and re-coded. Channel 1 (aperiodicity) is returned as is
+    (synthesis clips it to [0, 1]); frames with no bin outside the range are returned
+    untouched.
+    """
+    features = np.array(features, np.float32)
+    expected = np.asarray(expected, np.float32)
+    log_env = np.log(_decode(features[:, :, 0], config))
+    reference = np.log(_decode(expected[:, :, 0], config))
+    margin = float(margin_db) * np.log(10.0) / 10.0  # dB of power -> nats of power
+    low, high = reference.min(axis=0) - margin, reference.max(axis=0) + margin
+    outside = (log_env < low) | (log_env > high)
+    rows = outside.any(axis=1)
+    if rows.any():
+        clipped = np.clip(log_env[rows], low, high)
+        features[rows, :, 0] = _code(np.exp(clipped), config)
+    return features
 
 
 def transpose_f0(f0: np.ndarray, semitones: float) -> np.ndarray:
