@@ -48,7 +48,9 @@ def test_low_precision_convolutions_change_the_step_a_little_and_nothing_else(dt
     # Really computed in low precision: not float32's values, but close to them.
     error = float(tf.reduce_max(tf.abs(z_low - z)))
     assert 1e-5 < error < (0.05 if dtype == tf.bfloat16 else 0.01), error
-    np.testing.assert_allclose(logdet_low, logdet, rtol=0.01)
+    # Relative to the batch's scale: one example's log-det can sit near zero.
+    np.testing.assert_allclose(logdet_low, logdet, rtol=0.01,
+                               atol=0.01 * float(np.abs(logdet).max()))
     # The gradients (through the GEMM route of the thin couplings too) are float32 and close.
     low = tape.gradient(loss_low, model.trainable_variables)
     full = tape.gradient(loss_32, model.trainable_variables)

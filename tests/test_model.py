@@ -317,10 +317,10 @@ def test_conditional_layers_invert_with_the_jacobian_logdet_under_each_condition
     }[name]()
     x = tf.random.stateless_normal((1, 4, 4, channels), seed=[1, 2])
     layer.forward(x, _condition(0))  # build
-    # Every float weight, trained or not (SingerNorm's kernel is set from data, not trained).
-    for v in layer.weights:
-        if v.dtype == "float32":
-            v.assign(v + 0.1 * tf.random.stateless_normal(v.shape, seed=[3, 4]))
+    # SingerNorm's kernel is set from data, not trained: move it too.
+    moved = [layer.kernel] if name == "singer_norm" else layer.trainable_variables
+    for v in moved:
+        v.assign(v + 0.1 * tf.random.stateless_normal(v.shape, seed=[3, 4]))
     outputs = []
     for seed in (0, 1):
         cond = _condition(seed)
