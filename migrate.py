@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target_singer", metavar="NAME",
                         help="convert: the singer to convert to (a name in the checkpoint's "
                              "singers.json: a training folder's name)")
+    parser.add_argument("--source_moments", choices=("singer", "song"),
+                        help="convert on a SingerNorm checkpoint: standardise the source by its "
+                             "singer's per-bin moments or by the song's own (default: song for "
+                             "spectrograms, singer for world)")
     parser.add_argument("--source_singer", metavar="NAME",
                         help="conditional checkpoints: the source's singer (default: the one "
                              "under whom the song is most likely)")
@@ -267,6 +271,8 @@ def check_paths(args: argparse.Namespace) -> None:
         raise CliError(f"--method eq needs a folder of reference songs, got {args.reference}")
     if args.target_singer and args.method != "convert":
         raise CliError(f"--target_singer is for --method convert, not {args.method}")
+    if args.source_moments and args.method != "convert":
+        raise CliError(f"--source_moments is for --method convert, not {args.method}")
     if args.source_stats and not os.path.exists(args.source_stats):
         raise CliError(f"source statistics not found: {args.source_stats}")
     if args.save_reference_stats:
@@ -355,7 +361,7 @@ def recipe(args: argparse.Namespace, uses_source_stats: bool) -> dict:
         "reference": path_identity(args.reference) if args.reference else None,
         "source_stats": path_identity(args.source_stats) if uses_source_stats else None,
         "source_singer": args.source_singer, "target_singer": args.target_singer,
-        "griffin_lim": args.griffin_lim, "chunk_steps": args.chunk_steps,
+        "source_moments": args.source_moments, "griffin_lim": args.griffin_lim, "chunk_steps": args.chunk_steps,
         "overlap_steps": args.overlap_steps, "transpose": args.transpose,
     }
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 import keras
 
@@ -333,6 +334,16 @@ class Glow(keras.Model):
         under the same ``singer`` (conversion: decode under another one)."""
         cond = self.singer_condition(singer)
         return self._inverse(self._unflatten(tf.convert_to_tensor(z, tf.float32)), cond)
+
+    def singer_norm_params(self, singer) -> Tuple[np.ndarray, np.ndarray]:
+        """SingerNorm's per-bin mean and log-std ``((W, C), (W, C))`` float64 under one
+        ``singer`` (an id or a conditioning vector ``(singer_dims,)``)."""
+        if self.input_norm is None:
+            raise ValueError("this model has no SingerNorm")
+        singer = np.asarray(singer)
+        singer = singer[None] if singer.ndim else singer.reshape(1)
+        shift, logs = self.input_norm.params(self.singer_condition(singer))
+        return (np.asarray(shift, np.float64)[0, 0], np.asarray(logs, np.float64)[0, 0])
 
     def singer_moment_map(self, x, source, target) -> tf.Tensor:
         """Per-bin moment matching of ``x`` (B, H, W, C) from the ``source`` to the ``target``

@@ -43,6 +43,9 @@ from model import Glow, standard_normal_log_prob
 from utils.audio import check_invertible
 from utils.distribute import Collectives, cluster_size, make_strategy  # noqa: F401 (re-exported)
 from utils.features import sounding_frames
+
+# Global batches SingerNorm's per-singer moments are taken over at initialisation.
+SINGER_NORM_BATCHES = 16
 from utils.optimizer import SummedGradientAdam, WarmupSchedule
 from utils.plots import spectrogram_image  # noqa: F401 (re-exported)
 from utils.precision import MixedPrecision
@@ -190,12 +193,23 @@ class Trainer:
         """The first global batch under ``config.seed``: identical on every worker."""
         return next(iter(self.data.batches(self.config, self.config.seed)))
 
+    def init_batches(self, count: int):
+        """The first ``count`` global batches under ``config.seed``, concatenated: ``(x, ids)``
+        numpy arrays (conditional data), the same on every worker."""
+        xs, ids = [], []
+        for x, singer in self.data.batches(self.config, self.config.seed).take(count):
+            xs.append(x.numpy())
+            ids.append(singer.numpy())
+        return np.concatenate(xs), np.concatenate(ids)
+
     def distribute(self, dataset: tf.data.Dataset):
         """``strategy.experimental_distribute_dataset`` of global batches."""
         return self.strategy.experimental_distribute_dataset(dataset)
 
     def initialize(self, batch=None) -> bool:
-        """ActNorm's data-dependent initialisation on one global batch, once.
+        """ActNorm's data-dependent initialisation on one global batch, once; SingerNorm's (a
+        conditional model) on the sounding frames of the first :data:`SINGER_NORM_BATCHES`
+        global batches, or of ``batch`` when one is given.
 
         Runs in cross-replica context, so every replica's copy gets the same values, and is then
         broadcast from the first worker. Does nothing (returns False) when the model is already
@@ -203,15 +217,21 @@ class Trainer:
         """
         if self.model.is_initialized():
             return False
+        given = batch is not None
         batch = self.init_batch() if batch is None else batch
         x, singer = batch if isinstance(batch, tuple) else (batch, None)
-        frames = None
-        if getattr(self.model, "input_norm", None) is not None:
-            # SingerNorm's moments over sounding frames only: one singer's digital silence must
-            # not set the scale its voiced frames are standardised by.
-            frames = sounding_frames(np.asarray(x), np.asarray(singer), self.config, self.stats)
+        norm = getattr(self.model, "input_norm", None)
+        if norm is not None:
+            # SingerNorm's per-singer moments over more than one batch (16 batches of 16
+            # patches of 64 frames are ~16k frames), and over sounding frames only: one
+            # singer's digital silence must not set the scale its voiced frames get.
+            many, ids = (np.asarray(x), np.asarray(singer)) if given else self.init_batches(
+                SINGER_NORM_BATCHES)
+            frames = sounding_frames(many, ids, self.config, self.stats)
+            with self.strategy.scope():
+                norm.initialize(many, ids, self.model.singer_embedding, frames)
         with self.strategy.scope():
-            self.model.initialize(tf.convert_to_tensor(x, tf.float32), singer, frames)
+            self.model.initialize(tf.convert_to_tensor(x, tf.float32), singer)
         self.collectives.broadcast_from_first_replica(list(self.model.variables))
         return True
 

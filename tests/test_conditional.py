@@ -41,18 +41,22 @@ def test_a_conditional_run_trains_on_singer_ids_and_saves_its_singer_map(conditi
                                                   labels=True)))
     np.testing.assert_array_equal(x.numpy(), patches.numpy())
     assert [trainer.singers[i] for i in ids.numpy()] == [n.decode() for n in names.numpy()]
-    # SingerNorm was set from the first batch, each singer's sounding frames standardised, and
-    # is not trained (neither is the embedding it is a function of).
+    # SingerNorm was set from the first batches, each singer's sounding frames standardised,
+    # and is not trained (neither is the embedding it is a function of).
+    from pipeline import SINGER_NORM_BATCHES
     from utils.features import sounding_frames
 
     model = trainer.model
     assert config.singer_norm and model.input_norm is not None and model.is_initialized()
     trained = {id(v) for v in model.trainable_variables}
     assert id(model.input_norm.kernel) not in trained and id(model.singer_embedding) not in trained
-    frames = sounding_frames(patches.numpy(), ids.numpy(), config, trainer.stats)
-    y, _ = model.input_norm.forward(patches, model.singer_condition(ids))
-    for singer in set(ids.numpy()):
-        mine = ids.numpy() == singer
+    many, many_ids = trainer.init_batches(SINGER_NORM_BATCHES)
+    assert len(many) == SINGER_NORM_BATCHES * config.batch_size
+    np.testing.assert_array_equal(many[:config.batch_size], patches.numpy())
+    frames = sounding_frames(many, many_ids, config, trainer.stats)
+    y, _ = model.input_norm.forward(many, model.singer_condition(many_ids))
+    for singer in set(many_ids):
+        mine = many_ids == singer
         if frames[mine].sum() >= model.input_norm.MIN_FRAMES:
             sounding = y.numpy()[mine][frames[mine]]  # (N, W, C)
             np.testing.assert_allclose(sounding.mean(axis=0), 0.0, atol=1e-4)
@@ -118,6 +122,13 @@ def test_the_codec_of_a_conditional_run_converts_and_classifies(conditional_run,
     assert snr_db(song, converted) < 40.0  # decoding under the other singer changes the song
     halfway = virtual.convert(song, "real", 0.5)
     assert snr_db(song, halfway) > snr_db(song, converted) - 1.0
+    # Spectrograms convert from the song's own bin moments by default; the singer's are the
+    # other choice, and both give the source back at strength 0.
+    by_singer = virtual.convert(song, "real", 1.0, source_moments="singer")
+    assert np.abs(by_singer - converted).max() > 1e-3
+    assert snr_db(song, virtual.convert(song, "real", 0.0, source_moments="singer")) >= 40.0
+    with pytest.raises(MigrationError, match="source_moments must be 'singer' or 'song'"):
+        virtual.convert(song, "real", 1.0, source_moments="album")
     scores = codec.singer_scores(song)
     assert set(scores) == {"real", "virtual"} and all(np.isfinite(list(scores.values())))
     assert codec.classify(song) == min(scores, key=scores.get)
@@ -155,6 +166,9 @@ def test_migrate_cli_converts_and_refuses_what_cannot_be_converted(
                    "--source_singer", "robot")
     assert "unknown singer 'robot'" in line
     assert "needs --target_singer" in refused(*ck, "--method", "convert")
+    line = refused(*ck, "--method", "eq", "--reference", demo_corpus.real, "--source_moments",
+                   "song")
+    assert "--source_moments is for --method convert, not eq" in line
     line = refused("--checkpoint_dir", tiny_run.config.checkpoint_dir, "--method", "convert",
                    "--target_singer", "real")
     assert "not singer-conditional" in line

@@ -30,7 +30,14 @@ import numpy as np
 
 from common_definitions import Config
 from utils.audio import AudioError, check_audio
-from utils.features import FeatureStats, SongFeatures, features_to_song, song_to_features
+from utils.features import (
+    FeatureStats,
+    SongFeatures,
+    features_to_song,
+    song_moments,
+    song_to_features,
+    sounding_frames,
+)
 from utils.latent_stats import LatentStats, weights_fingerprint
 from utils.migration_methods import MigrationError
 from utils.song_chunks import (
@@ -48,6 +55,8 @@ from utils.world_features import bound_envelope
 # How far (in normalised units: training standard deviations per bin) converted features may
 # leave the source's per-bin range before they count as a blown-up inverse.
 CONVERT_MARGIN = 1.0
+# What convert standardises a source by, per feature (Codec.convert's source_moments).
+SOURCE_MOMENTS = {"spectrogram": "song", "world": "singer", "waveform": "singer"}
 # A latent move: chunk latents (B, D) float32 -> moved latents of the same shape.
 LatentMove = Callable[[np.ndarray], np.ndarray]
 # A feature bound: (decoded (T, W, C), source (T, W, C)) -> bounded (T, W, C), all normalised.
@@ -260,6 +269,7 @@ class Codec(SingerConditioning):
         segment_overlap_seconds: Optional[float] = None,
         decode_condition: Optional[np.ndarray] = None,
         semitones: float = 0.0,
+        prepare: Optional[Callable[[np.ndarray], Tuple[np.ndarray, Callable]]] = None,
     ) -> np.ndarray:
         """encode -> ``move(z)`` -> decode a whole song; returns ``(N,)`` float32 samples.
 
@@ -285,6 +295,9 @@ class Codec(SingerConditioning):
             decode_condition: a conditional model's conditioning vector ``(singer_dims,)`` to
                 decode under instead of :attr:`singer`'s (what :meth:`convert` does).
             semitones: transpose the melody (the world feature, whose F0 is kept apart).
+            prepare: a segment's normalised features ``(T, W, C)`` -> (what is encoded instead,
+                a map of the decoded features back; before ``bound``), e.g. :meth:`convert`'s
+                per-song moments.
 
         Returns:
             exactly ``N`` samples; with ``move=None`` and the source phase, the song to float32
@@ -299,8 +312,11 @@ class Codec(SingerConditioning):
 
         def render(piece: np.ndarray) -> np.ndarray:
             song = self.features(piece)
-            x = transform_features(self.model, song.x, move, chunk, chunk_overlap, batch_size,
+            x, finish = prepare(song.x) if prepare is not None else (song.x, None)
+            x = transform_features(self.model, x, move, chunk, chunk_overlap, batch_size,
                                    self.condition, decode_condition)
+            if finish is not None:
+                x = finish(x)
             if bound is not None:
                 x = bound(x, song.x)
             return self.to_audio(x, song, use_phase=not griffin_lim, semitones=semitones)
@@ -314,28 +330,85 @@ class Codec(SingerConditioning):
         return self.transform(samples, None, **chunking)
 
     def convert(self, samples: np.ndarray, target: str, strength: float = 1.0,
-                **chunking) -> np.ndarray:
+                source_moments: Optional[str] = None, **chunking) -> np.ndarray:
         """Singer conversion: encode under this codec's :attr:`singer`, decode under
         ``(1 - strength) * c_source + strength * c_target``, the conditioning vectors of the
         two singers; ``(N,)`` float32 with the source phase (``chunking``: :meth:`transform`'s
         keywords). Strength 0 is :meth:`reconstruct` (the source to float32 precision), 1 the
         target singer, values between move the conditioning along the line joining them.
-        A decoded value more than :data:`CONVERT_MARGIN` outside the per-bin range the target's
-        SingerNorm expects of the source (:meth:`model.Glow.singer_moment_map`; the source's own
-        range without one), or not finite, is replaced by the moment-matched source's value:
-        the inverse can blow up off the data."""
+
+        ``source_moments`` (a model with SingerNorm): what the source is standardised by before
+        the flow. ``"singer"``: the source singer's per-bin moments (SingerNorm's own, under
+        ``c_source``). ``"song"``: each audio segment's own moments over its sounding frames,
+        and the output is de-standardised by ``(1 - strength)`` times them plus ``strength``
+        times the target singer's. Log-STFT bins hold the melody's harmonics, so one song's
+        bin moments are not its singer's; WORLD coefficients hold the envelope, which they
+        are. Default (:data:`SOURCE_MOMENTS`): ``"song"`` for spectrograms, ``"singer"``
+        otherwise.
+
+        A decoded value more than :data:`CONVERT_MARGIN` outside the per-bin range expected of
+        the moment-matched source, or not finite, is replaced by the moment-matched source's
+        value: the inverse can blow up off the data. For the world feature the decoded envelope
+        is also kept per frequency bin within that source's range plus 6 dB
+        (:func:`utils.world_features.bound_envelope`)."""
         self._need_condition()
         if self.singer is None:
             raise MigrationError("convert needs a singer-conditional checkpoint")
-        mix = ((1.0 - float(strength)) * self.condition
-               + float(strength) * self.singer_condition(target)).astype(np.float32)
+        a = float(strength)
+        target_condition = self.singer_condition(target)
+        mix = ((1.0 - a) * self.condition + a * target_condition).astype(np.float32)
+        source_moments = source_moments or SOURCE_MOMENTS.get(self.config.feature, "singer")
+        if source_moments not in ("singer", "song"):
+            raise MigrationError(f"source_moments must be 'singer' or 'song', not "
+                                 f"{source_moments!r}")
+        model = self.model
+        per_song = source_moments == "song" and getattr(model, "input_norm", None) is not None
+        if per_song:
+            own, under_mix = model.singer_norm_params(self.condition), model.singer_norm_params(mix)
+            aimed = model.singer_norm_params(target_condition)
+
+        def standardise(x, params):
+            return (x - params[0]) * np.exp(-params[1])
+
+        def destandardise(y, params):
+            return y * np.exp(params[1]) + params[0]
+
+        def song_and_output(source: np.ndarray):
+            """This segment's moments, and those its output is de-standardised by."""
+            song = song_moments(source, self.config, self.stats)
+            return song, tuple((1.0 - a) * m + a * t for m, t in zip(song, aimed))
+
+        def prepare(source: np.ndarray):
+            song, out = song_and_output(source)
+            # Encoding under c_source standardises by SingerNorm's own moments: hand it the
+            # source already moved from the song's moments to those, and undo SingerNorm's
+            # de-standardisation under c_mix for the output's.
+            encoded = destandardise(standardise(source, song), own).astype(np.float32)
+            # Frames of digital silence have nothing to convert, and their STFT phase (zero in
+            # every bin) would turn any magnitude put there into a click per frame: as eq does,
+            # they keep the source's.
+            sounding = sounding_frames(source[None], np.zeros(1, int), self.config,
+                                       self.stats)[0][:, None, None]
+
+            def finish(decoded: np.ndarray) -> np.ndarray:
+                moved = destandardise(standardise(decoded, under_mix), out)
+                return np.where(sounding, moved, source).astype(np.float32)
+
+            return encoded, finish
 
         def bound(decoded: np.ndarray, source: np.ndarray) -> np.ndarray:
-            # The per-bin range the target's SingerNorm expects of this source (the source's own
-            # without one); a value more than CONVERT_MARGIN training standard deviations
-            # outside it is where the inverse blew up: keep the moment-matched source's there.
-            expected = self.model.singer_moment_map(
-                source[None], self.condition[None], mix[None]).numpy()[0]
+            # The per-bin range expected of this source moved to the target's moments; a value
+            # more than CONVERT_MARGIN training standard deviations outside it is where the
+            # inverse blew up: keep the moment-matched source's there.
+            if per_song:
+                song, out = song_and_output(source)
+                expected = destandardise(standardise(source, song), out)
+                sounding = sounding_frames(source[None], np.zeros(1, int), self.config,
+                                           self.stats)[0][:, None, None]
+                expected = np.where(sounding, expected, source).astype(np.float32)
+            else:
+                expected = model.singer_moment_map(
+                    source[None], self.condition[None], mix[None]).numpy()[0]
             inside = (np.isfinite(decoded) & (decoded >= expected.min(axis=0) - CONVERT_MARGIN)
                       & (decoded <= expected.max(axis=0) + CONVERT_MARGIN))
             decoded = np.where(inside, decoded, expected).astype(np.float32)
@@ -346,7 +419,8 @@ class Codec(SingerConditioning):
                 decoded = np.asarray(self.stats.normalize(raw), np.float32)
             return decoded
 
-        return self.transform(samples, None, bound=bound, decode_condition=mix, **chunking)
+        return self.transform(samples, None, bound=bound, decode_condition=mix,
+                              prepare=prepare if per_song else None, **chunking)
 
     # ---------------------------------------------------------------- latents of aligned patches
     def patch_latents(self, samples: np.ndarray, batch_size: int = 16) -> np.ndarray:

@@ -135,7 +135,8 @@ class SingerNorm(FlowLayer):
             shape=(), initializer="zeros", dtype="bool", trainable=False, name="initialized")
         self.built = True
 
-    def _params(self, cond: tf.Tensor):
+    def params(self, cond: tf.Tensor):
+        """``(shift, logs)``, each ``(B, 1, W, C)``, under conditioning vectors ``(B, cond_dims)``."""
         params = tf.matmul(tf.cast(cond, tf.float32), self.kernel)
         params = tf.reshape(params, [-1, 1, self.width, 2 * self.channels])
         return tf.split(params, 2, axis=-1)  # shift, logs: (B, 1, W, C)
@@ -175,13 +176,13 @@ class SingerNorm(FlowLayer):
         self.initialized.assign(True)
 
     def forward(self, x, cond):
-        shift, logs = self._params(cond)
+        shift, logs = self.params(cond)
         y = (x - shift) * tf.exp(-logs)
         logdet = -tf.cast(tf.shape(x)[1], tf.float32) * tf.reduce_sum(logs, axis=[1, 2, 3])
         return y, logdet
 
     def inverse(self, y, cond):
-        shift, logs = self._params(cond)
+        shift, logs = self.params(cond)
         return y * tf.exp(logs) + shift
 
 

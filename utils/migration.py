@@ -158,11 +158,14 @@ class MigrationTarget:
     bins: the reference set's per-bin log-STFT statistics (``eq``,
         :func:`utils.eq_baseline.song_bin_stats`).
     singer: the singer to convert to (``convert``; the codec encodes under its own singer).
+    source_moments: ``convert``'s :meth:`~utils.codec.Codec.convert` choice (``"singer"`` or
+        ``"song"``; None: the feature's default).
     """
 
     latent: Optional[LatentStats] = None
     bins: Optional[BinStats] = None
     singer: Optional[str] = None
+    source_moments: Optional[str] = None
 
 
 def migrate(codec: Codec, samples: np.ndarray, method: str, strength: float,
@@ -189,7 +192,9 @@ def migrate(codec: Codec, samples: np.ndarray, method: str, strength: float,
     if method == "convert":
         if target.singer is None:
             raise MigrationError("convert needs a target singer")
-        return MigrationResult(codec.convert(samples, target.singer, strength, **options), None)
+        return MigrationResult(codec.convert(samples, target.singer, strength,
+                                             source_moments=target.source_moments, **options),
+                               None)
     if target.latent is None:
         raise MigrationError(f"{method} needs the latent statistics of a reference set")
     return migrate_song(codec, samples, method, strength, target.latent, source_stats, **options)

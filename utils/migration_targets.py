@@ -111,7 +111,8 @@ class Targets:
         key = None if args.method in ("eq", "convert") else codec.singer
         if key in self._cache:
             return self._cache[key]
-        target = MigrationTarget(singer=args.target_singer)
+        target = MigrationTarget(singer=args.target_singer,
+                                 source_moments=getattr(args, "source_moments", None))
         if args.method == "eq":
             target.bins = bin_stats(self.reference.folder, codec, self.console)
         elif self.reference is not None:
