@@ -361,8 +361,9 @@ def recipe(args: argparse.Namespace, uses_source_stats: bool) -> dict:
         "reference": path_identity(args.reference) if args.reference else None,
         "source_stats": path_identity(args.source_stats) if uses_source_stats else None,
         "source_singer": args.source_singer, "target_singer": args.target_singer,
-        "source_moments": args.source_moments, "griffin_lim": args.griffin_lim, "chunk_steps": args.chunk_steps,
-        "overlap_steps": args.overlap_steps, "transpose": args.transpose,
+        "source_moments": args.source_moments, "griffin_lim": args.griffin_lim,
+        "chunk_steps": args.chunk_steps, "overlap_steps": args.overlap_steps,
+        "transpose": args.transpose,
     }
 
 

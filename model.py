@@ -279,10 +279,10 @@ class Glow(keras.Model):
         """Keras entry point: the forward (encoding) direction, returns (z, logdet)."""
         return self.encode(x, singer)
 
-    def initialize(self, x: tf.Tensor, singer=None, frames=None) -> bool:
-        """Data-dependent ActNorm (and SingerNorm) initialisation on the batch ``x`` (of singers
-        ``singer`` (B,) ids); runs at most once. ``frames`` (B, H) bool: the frames SingerNorm
-        takes each singer's moments over (default all; the trainer passes the sounding ones).
+    def initialize(self, x: tf.Tensor, singer=None) -> bool:
+        """Data-dependent ActNorm (and SingerNorm, unless already set: the trainer sets it from
+        the sounding frames of several batches) initialisation on the batch ``x`` (of singers
+        ``singer`` (B,) ids); runs at most once.
 
         Returns True if it initialised, False if the model was already initialised (for example
         restored from a checkpoint), in which case nothing changes.
@@ -295,7 +295,7 @@ class Glow(keras.Model):
             singer = tf.convert_to_tensor(singer)
             if singer.dtype.is_floating:
                 raise ValueError("initialising a SingerNorm model needs singer ids, not vectors")
-            self.input_norm.initialize(x, singer, self.singer_embedding, frames)
+            self.input_norm.initialize(x, singer, self.singer_embedding)
         self._forward(x, cond, initialize=True)
         return True
 

@@ -43,9 +43,6 @@ from model import Glow, standard_normal_log_prob
 from utils.audio import check_invertible
 from utils.distribute import Collectives, cluster_size, make_strategy  # noqa: F401 (re-exported)
 from utils.features import sounding_frames
-
-# Global batches SingerNorm's per-singer moments are taken over at initialisation.
-SINGER_NORM_BATCHES = 16
 from utils.optimizer import SummedGradientAdam, WarmupSchedule
 from utils.plots import spectrogram_image  # noqa: F401 (re-exported)
 from utils.precision import MixedPrecision
@@ -63,6 +60,9 @@ from utils.train_metrics import (  # noqa: F401
 from utils.train_reports import TrainingReport
 from utils.training_data import TrainingData, prepare_training_data
 from utils.validation import Steering
+
+# Global batches SingerNorm's per-singer moments are taken over at initialisation.
+SINGER_NORM_BATCHES = 16
 
 LN2 = math.log(2.0)
 

@@ -55,11 +55,12 @@ def test_a_conditional_run_trains_on_singer_ids_and_saves_its_singer_map(conditi
     np.testing.assert_array_equal(many[:config.batch_size], patches.numpy())
     frames = sounding_frames(many, many_ids, config, trainer.stats)
     y, _ = model.input_norm.forward(many, model.singer_condition(many_ids))
-    for singer in set(many_ids):
+    assert set(many_ids) == {0, 1}
+    for singer in (0, 1):
         mine = many_ids == singer
-        if frames[mine].sum() >= model.input_norm.MIN_FRAMES:
-            sounding = y.numpy()[mine][frames[mine]]  # (N, W, C)
-            np.testing.assert_allclose(sounding.mean(axis=0), 0.0, atol=1e-4)
+        assert frames[mine].sum() >= model.input_norm.MIN_FRAMES
+        sounding = y.numpy()[mine][frames[mine]]  # (N, W, C)
+        np.testing.assert_allclose(sounding.mean(axis=0), 0.0, atol=1e-4)
     # Training used the conditioning: the two singers' latents differ.
     z_real = trainer.model.encode(patches, tf.zeros_like(ids))[0]
     z_virtual = trainer.model.encode(patches, tf.ones_like(ids))[0]

@@ -34,7 +34,6 @@ from utils.features import (
     FeatureStats,
     SongFeatures,
     features_to_song,
-    song_moments,
     song_to_features,
     sounding_frames,
 )
@@ -296,8 +295,8 @@ class Codec(SingerConditioning):
                 decode under instead of :attr:`singer`'s (what :meth:`convert` does).
             semitones: transpose the melody (the world feature, whose F0 is kept apart).
             prepare: a segment's normalised features ``(T, W, C)`` -> (what is encoded instead,
-                a map of the decoded features back; before ``bound``), e.g. :meth:`convert`'s
-                per-song moments.
+                a map of the decoded features to what is turned into audio; before ``bound``),
+                e.g. :meth:`convert`'s moments and bounds, computed once per segment.
 
         Returns:
             exactly ``N`` samples; with ``move=None`` and the source phase, the song to float32
@@ -373,42 +372,10 @@ class Codec(SingerConditioning):
         def destandardise(y, params):
             return y * np.exp(params[1]) + params[0]
 
-        def song_and_output(source: np.ndarray):
-            """This segment's moments, and those its output is de-standardised by."""
-            song = song_moments(source, self.config, self.stats)
-            return song, tuple((1.0 - a) * m + a * t for m, t in zip(song, aimed))
-
-        def prepare(source: np.ndarray):
-            song, out = song_and_output(source)
-            # Encoding under c_source standardises by SingerNorm's own moments: hand it the
-            # source already moved from the song's moments to those, and undo SingerNorm's
-            # de-standardisation under c_mix for the output's.
-            encoded = destandardise(standardise(source, song), own).astype(np.float32)
-            # Frames of digital silence have nothing to convert, and their STFT phase (zero in
-            # every bin) would turn any magnitude put there into a click per frame: as eq does,
-            # they keep the source's.
-            sounding = sounding_frames(source[None], np.zeros(1, int), self.config,
-                                       self.stats)[0][:, None, None]
-
-            def finish(decoded: np.ndarray) -> np.ndarray:
-                moved = destandardise(standardise(decoded, under_mix), out)
-                return np.where(sounding, moved, source).astype(np.float32)
-
-            return encoded, finish
-
-        def bound(decoded: np.ndarray, source: np.ndarray) -> np.ndarray:
-            # The per-bin range expected of this source moved to the target's moments; a value
-            # more than CONVERT_MARGIN training standard deviations outside it is where the
-            # inverse blew up: keep the moment-matched source's there.
-            if per_song:
-                song, out = song_and_output(source)
-                expected = destandardise(standardise(source, song), out)
-                sounding = sounding_frames(source[None], np.zeros(1, int), self.config,
-                                           self.stats)[0][:, None, None]
-                expected = np.where(sounding, expected, source).astype(np.float32)
-            else:
-                expected = model.singer_moment_map(
-                    source[None], self.condition[None], mix[None]).numpy()[0]
+        def bound(decoded: np.ndarray, expected: np.ndarray) -> np.ndarray:
+            # A value more than CONVERT_MARGIN training standard deviations outside the range
+            # expected of the moment-matched source is where the inverse blew up: keep the
+            # moment-matched source's value there.
             inside = (np.isfinite(decoded) & (decoded >= expected.min(axis=0) - CONVERT_MARGIN)
                       & (decoded <= expected.max(axis=0) + CONVERT_MARGIN))
             decoded = np.where(inside, decoded, expected).astype(np.float32)
@@ -419,8 +386,33 @@ class Codec(SingerConditioning):
                 decoded = np.asarray(self.stats.normalize(raw), np.float32)
             return decoded
 
-        return self.transform(samples, None, bound=bound, decode_condition=mix,
-                              prepare=prepare if per_song else None, **chunking)
+        def prepare(source: np.ndarray):
+            """One segment: (what is encoded, decoded features -> bounded output features)."""
+            if not per_song:
+                expected = model.singer_moment_map(
+                    source[None], self.condition[None], mix[None]).numpy()[0]
+                return source, lambda decoded: bound(decoded, expected)
+            sounding = sounding_frames(source[None], np.zeros(1, int), self.config,
+                                       self.stats)[0]
+            song = model.input_norm.frame_moments(source, sounding)
+            out = tuple((1.0 - a) * m + a * t for m, t in zip(song, aimed))
+            # Frames of digital silence have nothing to convert, and their STFT phase (zero in
+            # every bin) would turn any magnitude put there into a click per frame: as eq does,
+            # they keep the source's.
+            keep = ~sounding[:, None, None]
+            expected = np.where(keep, source, destandardise(standardise(source, song), out))
+            # Encoding under c_source standardises by SingerNorm's own moments: hand it the
+            # source already moved from the song's moments to those, and undo SingerNorm's
+            # de-standardisation under c_mix for the output's.
+            encoded = destandardise(standardise(source, song), own).astype(np.float32)
+
+            def finish(decoded: np.ndarray) -> np.ndarray:
+                moved = destandardise(standardise(decoded, under_mix), out)
+                return bound(np.where(keep, source, moved), expected.astype(np.float32))
+
+            return encoded, finish
+
+        return self.transform(samples, None, decode_condition=mix, prepare=prepare, **chunking)
 
     # ---------------------------------------------------------------- latents of aligned patches
     def patch_latents(self, samples: np.ndarray, batch_size: int = 16) -> np.ndarray:

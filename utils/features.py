@@ -339,20 +339,6 @@ def sounding_frames(x, singer, config: Config, stats: FeatureStats,
     return levels >= loudest[:, None] - float(silence_db)
 
 
-def song_moments(x: np.ndarray, config: Config, stats: FeatureStats,
-                 variance_floor: float = 1e-4, min_frames: int = 16
-                 ) -> Tuple[np.ndarray, np.ndarray]:
-    """Per-bin mean and log-std ``((W, C), (W, C))`` of one song's normalised features
-    ``x (T, W, C)`` over its sounding frames (:func:`sounding_frames`; all frames when fewer
-    than ``min_frames`` sound), the variance floored at ``variance_floor``: what SingerNorm
-    would standardise this song by if it were its singer's."""
-    x = np.asarray(x, np.float64)
-    mask = sounding_frames(x[None], np.zeros(1, int), config, stats)[0]
-    chosen = x[mask] if mask.sum() >= min_frames else x
-    return (chosen.mean(axis=0),
-            0.5 * np.log(np.maximum(chosen.var(axis=0), variance_floor)))
-
-
 def features_to_song(
     x,
     config: Config,

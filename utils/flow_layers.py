@@ -159,14 +159,10 @@ class SingerNorm(FlowLayer):
         frames = (np.ones(x.shape[:2], bool) if frames is None
                   else np.asarray(frames, bool).reshape(x.shape[:2]))
 
-        def moments(values):  # (N, W, C) -> (W, 2C)
-            variance = np.maximum(values.var(axis=0), self.VARIANCE_FLOOR)
-            return np.concatenate([values.mean(axis=0), 0.5 * np.log(variance)], axis=-1)
-
-        def singer_moments(mine):
-            chosen = x[mine][frames[mine]]
-            return moments(chosen if len(chosen) >= self.MIN_FRAMES
-                           else x[mine].reshape(-1, *x.shape[2:]))
+        def singer_moments(mine):  # -> (W, 2C)
+            mean, logs = self.frame_moments(x[mine].reshape(-1, *x.shape[2:]),
+                                            frames[mine].reshape(-1))
+            return np.concatenate([mean, logs], axis=-1)
 
         overall = singer_moments(np.ones(len(singer), bool))
         targets = np.stack([singer_moments(singer == s) if np.any(singer == s) else overall
@@ -174,6 +170,17 @@ class SingerNorm(FlowLayer):
         kernel = np.linalg.pinv(table) @ targets.reshape(table.shape[0], -1)
         self.kernel.assign(kernel.astype(np.float32))
         self.initialized.assign(True)
+
+    @classmethod
+    def frame_moments(cls, frames: np.ndarray, chosen: Optional[np.ndarray] = None):
+        """Per-bin mean and log-std ``((W, C), (W, C))`` float64 of ``frames (N, W, C)`` over
+        the ``chosen (N,)`` ones (all of them when fewer than :data:`MIN_FRAMES` are chosen),
+        the variance floored at :data:`VARIANCE_FLOOR`: what this layer standardises by."""
+        frames = np.asarray(frames, np.float64)
+        if chosen is not None and np.count_nonzero(chosen) >= cls.MIN_FRAMES:
+            frames = frames[np.asarray(chosen, bool)]
+        variance = np.maximum(frames.var(axis=0), cls.VARIANCE_FLOOR)
+        return frames.mean(axis=0), 0.5 * np.log(variance)
 
     def forward(self, x, cond):
         shift, logs = self.params(cond)
