@@ -37,6 +37,7 @@ or statistics of another model), 1 when the evaluation fails, 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: every method the checkpoint supports (convert needs a "
                              "conditional one)")
     parser.add_argument("--strengths", nargs="+", type=finite_float, default=[0.0, 0.5, 1.0])
+    parser.add_argument("--harmonic_hz", type=finite_float, metavar="HZ",
+                        help="convert: the band below which a change keeps the source's "
+                             "harmonics (default 1000 on spectrograms; 0: every bin freely)")
+    parser.add_argument("--eq_harmonic_hz", type=finite_float, default=0.0, metavar="HZ",
+                        help="eq with convert's harmonic band (an ablation; default "
+                             "%(default)s: the baseline as it is)")
     parser.add_argument("--songs", type=int, default=3,
                         help="virtual songs to migrate, the last ones in name order "
                              "(default %(default)s)")
@@ -328,6 +335,9 @@ def prepare(args: argparse.Namespace) -> Prepared:
             raise CliError(f"{flag} folder not found: {path}")
     if args.songs < 1:
         raise CliError(f"--songs must be at least 1, got {args.songs}")
+    for flag in ("harmonic_hz", "eq_harmonic_hz"):
+        if (getattr(args, flag) or 0.0) < 0:
+            raise CliError(f"--{flag} must be >= 0, got {getattr(args, flag):g}")
     if args.batch_size < 1:
         raise CliError(f"--batch_size must be positive, got {args.batch_size}")
     json_dir = os.path.dirname(os.path.abspath(args.json))
@@ -448,8 +458,9 @@ def _evaluate_checkpoint(codec: "Codec", args: argparse.Namespace, methods: Sequ
     heldout = _heldout(codec, args.heldout, labelled, args.batch_size)
     sources = [s for _, s in evaluated]
     recon = [reconstruction_metrics(codec, s) for s in sources]
-    rows = evaluate_migration(codec, sources, {m: target for m in methods}, judges, methods,
-                              args.strengths)
+    targets = {m: dataclasses.replace(target, harmonic_hz={
+        "convert": args.harmonic_hz, "eq": args.eq_harmonic_hz}.get(m)) for m in methods}
+    rows = evaluate_migration(codec, sources, targets, judges, methods, args.strengths)
     best = best_rows(rows)
     results = {
         "checkpoint_dir": os.path.abspath(codec_dir(codec, args)),

@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="convert on a SingerNorm checkpoint: standardise the source by its "
                              "singer's per-bin moments or by the song's own (default: song for "
                              "spectrograms, singer for world)")
+    parser.add_argument("--harmonic_hz", type=finite_float, metavar="HZ",
+                        help="convert and eq on spectrograms: below HZ the change keeps the "
+                             "source's harmonics (applied as its spectral envelope), 0 changes "
+                             "every bin freely (default: 1000 for convert, 0 for eq)")
     parser.add_argument("--source_singer", metavar="NAME",
                         help="conditional checkpoints: the source's singer (default: the one "
                              "under whom the song is most likely)")
@@ -273,6 +277,10 @@ def check_paths(args: argparse.Namespace) -> None:
         raise CliError(f"--target_singer is for --method convert, not {args.method}")
     if args.source_moments and args.method != "convert":
         raise CliError(f"--source_moments is for --method convert, not {args.method}")
+    if args.harmonic_hz is not None and args.method not in ("convert", "eq"):
+        raise CliError(f"--harmonic_hz is for --method convert or eq, not {args.method}")
+    if args.harmonic_hz is not None and args.harmonic_hz < 0:
+        raise CliError(f"--harmonic_hz must be >= 0, got {args.harmonic_hz:g}")
     if args.source_stats and not os.path.exists(args.source_stats):
         raise CliError(f"source statistics not found: {args.source_stats}")
     if args.save_reference_stats:
@@ -361,7 +369,8 @@ def recipe(args: argparse.Namespace, uses_source_stats: bool) -> dict:
         "reference": path_identity(args.reference) if args.reference else None,
         "source_stats": path_identity(args.source_stats) if uses_source_stats else None,
         "source_singer": args.source_singer, "target_singer": args.target_singer,
-        "source_moments": args.source_moments, "griffin_lim": args.griffin_lim,
+        "source_moments": args.source_moments, "harmonic_hz": args.harmonic_hz,
+        "griffin_lim": args.griffin_lim,
         "chunk_steps": args.chunk_steps, "overlap_steps": args.overlap_steps,
         "transpose": args.transpose,
     }

@@ -130,6 +130,13 @@ def test_the_codec_of_a_conditional_run_converts_and_classifies(conditional_run,
     assert snr_db(song, virtual.convert(song, "real", 0.0, source_moments="singer")) >= 40.0
     with pytest.raises(MigrationError, match="source_moments must be 'singer' or 'song'"):
         virtual.convert(song, "real", 1.0, source_moments="album")
+    # Below harmonic_hz (default 1000 Hz) the change keeps the source's harmonics; 0 lets every
+    # bin change freely; both give the source back at strength 0.
+    free = virtual.convert(song, "real", 1.0, harmonic_hz=0.0)
+    assert np.abs(free - converted).max() > 1e-3
+    assert snr_db(song, virtual.convert(song, "real", 0.0, harmonic_hz=0.0)) >= 40.0
+    with pytest.raises(MigrationError, match="harmonic_hz must be a finite number >= 0"):
+        virtual.convert(song, "real", 1.0, harmonic_hz=-5.0)
     scores = codec.singer_scores(song)
     assert set(scores) == {"real", "virtual"} and all(np.isfinite(list(scores.values())))
     assert codec.classify(song) == min(scores, key=scores.get)
@@ -170,6 +177,11 @@ def test_migrate_cli_converts_and_refuses_what_cannot_be_converted(
     line = refused(*ck, "--method", "eq", "--reference", demo_corpus.real, "--source_moments",
                    "song")
     assert "--source_moments is for --method convert, not eq" in line
+    line = refused(*ck, "--method", "match", "--reference", demo_corpus.real, "--harmonic_hz",
+                   "500")
+    assert "--harmonic_hz is for --method convert or eq, not match" in line
+    line = refused(*ck, "--method", "convert", "--target_singer", "real", "--harmonic_hz", "-1")
+    assert "--harmonic_hz must be >= 0, got -1" in line
     line = refused("--checkpoint_dir", tiny_run.config.checkpoint_dir, "--method", "convert",
                    "--target_singer", "real")
     assert "not singer-conditional" in line

@@ -10,6 +10,7 @@ from common_definitions import Config
 from utils.audio import load_audio
 from utils.features import FeatureStats, features_to_song, song_to_features
 from utils.metrics import compare_pitch, pitch_track, snr_db
+from utils.migration_methods import MigrationError
 
 pytest.importorskip("pyworld")
 
@@ -187,6 +188,8 @@ def test_a_tiny_conditional_world_model_converts_and_keeps_the_melody(world_run,
     assert converted.shape == song.shape and np.isfinite(converted).all()
     pitch = compare_pitch(pitch_track(song, RATE)[0], pitch_track(converted, RATE)[0])
     assert pitch["raw_pitch_accuracy"] >= 0.9, pitch  # the source's F0, whatever the envelope
+    with pytest.raises(MigrationError, match="harmonic_hz is for the spectrogram feature"):
+        codec.convert(song, "virtual", 1.0, harmonic_hz=1000.0)
     transposed = codec.transform(song, None, semitones=-12.0)
     moved = compare_pitch(pitch_track(song, RATE)[0] / 2.0, pitch_track(transposed, RATE)[0])
     assert moved["raw_pitch_accuracy"] >= 0.9, moved

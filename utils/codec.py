@@ -37,6 +37,7 @@ from utils.features import (
     song_to_features,
     sounding_frames,
 )
+from utils.harmonic_band import DEFAULT_HARMONIC_HZ, keep_harmonics
 from utils.latent_stats import LatentStats, weights_fingerprint
 from utils.migration_methods import MigrationError
 from utils.song_chunks import (
@@ -328,8 +329,22 @@ class Codec(SingerConditioning):
         how exactly the model and the stitching invert (the source to float32 precision)."""
         return self.transform(samples, None, **chunking)
 
+    def _harmonic_band(self, harmonic_hz: Optional[float]) -> float:
+        """convert's ``harmonic_hz``, checked: its default for the feature, or the given one
+        (finite, >= 0; only spectrograms have harmonics in their bins)."""
+        if harmonic_hz is None:
+            return DEFAULT_HARMONIC_HZ if self.config.feature == "spectrogram" else 0.0
+        harmonic_hz = float(harmonic_hz)
+        if not math.isfinite(harmonic_hz) or harmonic_hz < 0:
+            raise MigrationError(f"harmonic_hz must be a finite number >= 0, not {harmonic_hz!r}")
+        if harmonic_hz and self.config.feature != "spectrogram":
+            raise MigrationError(f"harmonic_hz is for the spectrogram feature; the "
+                                 f"{self.config.feature} feature keeps F0 apart from the features")
+        return harmonic_hz
+
     def convert(self, samples: np.ndarray, target: str, strength: float = 1.0,
-                source_moments: Optional[str] = None, **chunking) -> np.ndarray:
+                source_moments: Optional[str] = None, harmonic_hz: Optional[float] = None,
+                **chunking) -> np.ndarray:
         """Singer conversion: encode under this codec's :attr:`singer`, decode under
         ``(1 - strength) * c_source + strength * c_target``, the conditioning vectors of the
         two singers; ``(N,)`` float32 with the source phase (``chunking``: :meth:`transform`'s
@@ -344,6 +359,12 @@ class Codec(SingerConditioning):
         bin moments are not its singer's; WORLD coefficients hold the envelope, which they
         are. Default (:data:`SOURCE_MOMENTS`): ``"song"`` for spectrograms, ``"singer"``
         otherwise.
+
+        ``harmonic_hz`` (spectrograms; default
+        :data:`utils.harmonic_band.DEFAULT_HARMONIC_HZ`, 0 turns it off): below it the change
+        to the source's log-STFT is applied as its spectral envelope only
+        (:func:`utils.harmonic_band.keep_harmonics`), so the source's harmonics, which carry
+        its pitch, keep their shape.
 
         A decoded value more than :data:`CONVERT_MARGIN` outside the per-bin range expected of
         the moment-matched source, or not finite, is replaced by the moment-matched source's
@@ -360,6 +381,7 @@ class Codec(SingerConditioning):
         if source_moments not in ("singer", "song"):
             raise MigrationError(f"source_moments must be 'singer' or 'song', not "
                                  f"{source_moments!r}")
+        band_hz = self._harmonic_band(harmonic_hz)
         model = self.model
         per_song = source_moments == "song" and getattr(model, "input_norm", None) is not None
         if per_song:
@@ -386,12 +408,20 @@ class Codec(SingerConditioning):
                 decoded = np.asarray(self.stats.normalize(raw), np.float32)
             return decoded
 
+        def harmonics(converted: np.ndarray, source: np.ndarray) -> np.ndarray:
+            if not band_hz:
+                return converted
+            log_mag = keep_harmonics(self.stats.denormalize(converted)[..., 0],
+                                     self.stats.denormalize(source)[..., 0],
+                                     self.config.sampling_rate, band_hz)
+            return np.asarray(self.stats.normalize(log_mag[..., None]), np.float32)
+
         def prepare(source: np.ndarray):
             """One segment: (what is encoded, decoded features -> bounded output features)."""
             if not per_song:
                 expected = model.singer_moment_map(
                     source[None], self.condition[None], mix[None]).numpy()[0]
-                return source, lambda decoded: bound(decoded, expected)
+                return source, lambda decoded: harmonics(bound(decoded, expected), source)
             sounding = sounding_frames(source[None], np.zeros(1, int), self.config,
                                        self.stats)[0]
             song = model.input_norm.frame_moments(source, sounding)
@@ -408,7 +438,8 @@ class Codec(SingerConditioning):
 
             def finish(decoded: np.ndarray) -> np.ndarray:
                 moved = destandardise(standardise(decoded, under_mix), out)
-                return bound(np.where(keep, source, moved), expected.astype(np.float32))
+                bounded = bound(np.where(keep, source, moved), expected.astype(np.float32))
+                return harmonics(bounded, source)
 
             return encoded, finish
 

@@ -23,6 +23,7 @@ import numpy as np
 from common_definitions import Config
 from utils.audio import spectrogram, spectrogram_to_audio
 from utils.errors import SinGlowError
+from utils.harmonic_band import keep_harmonics
 
 # 60 dB of amplitude in nats of log-magnitude: frames below the loudest by more are silence.
 SILENCE_NATS = 60.0 / 20.0 * np.log(10.0)
@@ -85,11 +86,13 @@ def song_bin_stats(songs: Iterable[np.ndarray], config: Config) -> BinStats:
 
 
 def eq_song(samples: np.ndarray, config: Config, reference: BinStats, strength: float,
-            source: Optional[BinStats] = None) -> np.ndarray:
+            source: Optional[BinStats] = None, harmonic_hz: float = 0.0) -> np.ndarray:
     """The ``eq`` baseline on a whole song: (N,) float32 samples in, (N,) float32 out.
 
     ``source`` defaults to the song's own statistics; the source phase is kept, so pitch and
-    timing stay where they were.
+    timing stay where they were. ``harmonic_hz > 0`` applies the change below that frequency as
+    its envelope only (:func:`utils.harmonic_band.keep_harmonics`, what ``convert`` does by
+    default): not the baseline, the ablation that shows what the flow adds beside it.
     """
     samples = np.asarray(samples, np.float32).reshape(-1)
     log_mag, phase = spectrogram(samples, config)
@@ -99,4 +102,6 @@ def eq_song(samples: np.ndarray, config: Config, reference: BinStats, strength: 
     moved = log_mag + float(strength) * (matched - log_mag)
     loud = _loud(log_mag)[:, None]
     out = np.where(loud, moved, log_mag).astype(np.float32)
+    if harmonic_hz:
+        out = keep_harmonics(out, log_mag, config.sampling_rate, harmonic_hz)
     return spectrogram_to_audio(out, phase, config, len(samples)).numpy()

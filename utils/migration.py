@@ -160,12 +160,17 @@ class MigrationTarget:
     singer: the singer to convert to (``convert``; the codec encodes under its own singer).
     source_moments: ``convert``'s :meth:`~utils.codec.Codec.convert` choice (``"singer"`` or
         ``"song"``; None: the feature's default).
+    harmonic_hz: ``convert`` and ``eq``: the band (Hz) below which a change keeps the source's
+        harmonics (:mod:`utils.harmonic_band`); None: the method's default (convert's
+        :data:`~utils.harmonic_band.DEFAULT_HARMONIC_HZ` on spectrograms, 0 for eq, the
+        baseline as it is).
     """
 
     latent: Optional[LatentStats] = None
     bins: Optional[BinStats] = None
     singer: Optional[str] = None
     source_moments: Optional[str] = None
+    harmonic_hz: Optional[float] = None
 
 
 def migrate(codec: Codec, samples: np.ndarray, method: str, strength: float,
@@ -188,12 +193,14 @@ def migrate(codec: Codec, samples: np.ndarray, method: str, strength: float,
             raise MigrationError("eq works on the STFT and cannot transpose; use a world "
                                  "checkpoint's other methods")
         samples = codec.check(samples)
-        return MigrationResult(eq_song(samples, codec.config, target.bins, strength), None)
+        return MigrationResult(eq_song(samples, codec.config, target.bins, strength,
+                                       harmonic_hz=target.harmonic_hz or 0.0), None)
     if method == "convert":
         if target.singer is None:
             raise MigrationError("convert needs a target singer")
         return MigrationResult(codec.convert(samples, target.singer, strength,
-                                             source_moments=target.source_moments, **options),
+                                             source_moments=target.source_moments,
+                                             harmonic_hz=target.harmonic_hz, **options),
                                None)
     if target.latent is None:
         raise MigrationError(f"{method} needs the latent statistics of a reference set")

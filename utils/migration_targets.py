@@ -112,7 +112,8 @@ class Targets:
         if key in self._cache:
             return self._cache[key]
         target = MigrationTarget(singer=args.target_singer,
-                                 source_moments=getattr(args, "source_moments", None))
+                                 source_moments=getattr(args, "source_moments", None),
+                                 harmonic_hz=getattr(args, "harmonic_hz", None))
         if args.method == "eq":
             target.bins = bin_stats(self.reference.folder, codec, self.console)
         elif self.reference is not None:
