@@ -415,6 +415,8 @@ def work(prepared: Prepared) -> dict:
         "judges": {"per_second": "utils.metrics.SingerClassifier",
                    "frames": "utils.frame_judge.FrameJudge"},
         "reference": args.reference_stats or os.path.abspath(args.real),
+        # None: convert's default band for the checkpoint's feature (utils.harmonic_band).
+        "harmonic_hz": {"convert": args.harmonic_hz, "eq": args.eq_harmonic_hz},
     })
     # Other checkpoints (e.g. of another --feature) on the same songs and by the same judges; eq
     # needs no model, so its rows above stand for every checkpoint.

@@ -221,3 +221,9 @@ def test_evaluate_scores_convert_against_eq_with_both_judges(conditional_run, de
     assert "the flow as a singer classifier: accuracy" in printed
     assert results["flow_classifier"]["songs"] == 3
     assert math.isfinite(results["heldout"]["bits_per_dim"])
+    assert results["harmonic_hz"] == {"convert": None, "eq": 0.0}
+    code = evaluate.main(["--checkpoint_dir", config.checkpoint_dir, "--virtual",
+                          demo_corpus.virtual, "--real", demo_corpus.real, "--eq_harmonic_hz",
+                          "-3", "--json", str(tmp_path / "refused.json")])
+    assert code == 2 and not (tmp_path / "refused.json").exists()
+    assert "--eq_harmonic_hz must be >= 0, got -3" in capsys.readouterr().err
