@@ -415,8 +415,7 @@ def work(prepared: Prepared) -> dict:
         "judges": {"per_second": "utils.metrics.SingerClassifier",
                    "frames": "utils.frame_judge.FrameJudge"},
         "reference": args.reference_stats or os.path.abspath(args.real),
-        # None: convert's default band for the checkpoint's feature (utils.harmonic_band).
-        "harmonic_hz": {"convert": args.harmonic_hz, "eq": args.eq_harmonic_hz},
+        "harmonic_hz": harmonic_bands(args),
     })
     # Other checkpoints (e.g. of another --feature) on the same songs and by the same judges; eq
     # needs no model, so its rows above stand for every checkpoint.
@@ -428,6 +427,12 @@ def work(prepared: Prepared) -> dict:
     atomic_write_text(args.json, json.dumps(_json_safe(results), indent=1))
     print(f"wrote {args.json}")
     return results
+
+
+def harmonic_bands(args: argparse.Namespace) -> Dict[str, Optional[float]]:
+    """``{method: harmonic_hz}`` of the methods that take a harmonic band
+    (:mod:`utils.harmonic_band`); None is convert's default for the checkpoint's feature."""
+    return {"convert": args.harmonic_hz, "eq": args.eq_harmonic_hz}
 
 
 def _evaluate_checkpoint(codec: "Codec", args: argparse.Namespace, methods: Sequence[str],
@@ -460,8 +465,8 @@ def _evaluate_checkpoint(codec: "Codec", args: argparse.Namespace, methods: Sequ
     heldout = _heldout(codec, args.heldout, labelled, args.batch_size)
     sources = [s for _, s in evaluated]
     recon = [reconstruction_metrics(codec, s) for s in sources]
-    targets = {m: dataclasses.replace(target, harmonic_hz={
-        "convert": args.harmonic_hz, "eq": args.eq_harmonic_hz}.get(m)) for m in methods}
+    targets = {m: dataclasses.replace(target, harmonic_hz=harmonic_bands(args).get(m))
+               for m in methods}
     rows = evaluate_migration(codec, sources, targets, judges, methods, args.strengths)
     best = best_rows(rows)
     results = {
