@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import typing
@@ -95,6 +96,8 @@ def _value_type(hint):
 def _default_text(field: dataclasses.Field) -> str:
     default = field.metadata["default_text"] or field.default
     text = f"default {default}"
+    if field.name == "feature":
+        text += f"; with --conditional: {CONDITIONAL_FEATURE}"
     if field.name in DEMO_DEFAULTS:
         text += f"; --demo: {DEMO_DEFAULTS[field.name]}"
     return text
@@ -153,7 +156,29 @@ def config_from_args(args: argparse.Namespace) -> Config:
             values.setdefault(name, value)
         demo_dirs = [os.path.join(DEMO_DATA_ROOT, "virtual"), os.path.join(DEMO_DATA_ROOT, "real")]
         values["data_dirs"] = demo_dirs + list(values.get("data_dirs", []))
+    if args.conditional and args.feature is None:
+        values["feature"] = conditional_feature(values.get("checkpoint_dir",
+                                                           Config.checkpoint_dir))
     return Config(**values)
+
+
+# The feature ``--conditional`` trains when ``--feature`` is not given: singer conversion lives
+# in the spectral envelope, which the world feature models apart from F0, and its conversions
+# are rendered on the source (design/migration.md).
+CONDITIONAL_FEATURE = "world"
+
+
+def conditional_feature(checkpoint_dir: str) -> str:
+    """``--feature`` for ``--conditional`` when not given: the checkpoint's own when
+    ``checkpoint_dir`` holds a run to resume (so a run started under another default resumes),
+    else :data:`CONDITIONAL_FEATURE`."""
+    try:
+        with open(os.path.join(checkpoint_dir, "config.json"), encoding="utf-8") as handle:
+            saved = json.load(handle)
+    except (OSError, ValueError):
+        return CONDITIONAL_FEATURE
+    feature = saved.get("feature") if isinstance(saved, dict) else None
+    return feature if isinstance(feature, str) else CONDITIONAL_FEATURE
 
 
 def check_paths(config: Config) -> None:

@@ -68,6 +68,24 @@ def test_flags_build_the_config():
     assert Config().validation_split == 0.1 and Config().mixed_precision == "off"
 
 
+def test_conditional_trains_the_world_feature_unless_told_or_resuming_another(tmp_path):
+    def config(*flags):
+        return train.config_from_args(train.build_parser().parse_args(list(flags)))
+
+    ck = ["--checkpoint_dir", str(tmp_path / "ck")]
+    assert config(*ck, "--conditional").feature == "world"
+    assert config(*ck, "--conditional", "--feature", "spectrogram").feature == "spectrogram"
+    assert config(*ck).feature == "spectrogram"  # the unconditional default is unchanged
+    assert config("--demo").feature == "spectrogram"
+    # A conditional run started under another feature resumes as what it is.
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "config.json").write_text(
+        Config(conditional=True, feature="spectrogram").to_json())
+    assert config(*ck, "--conditional").feature == "spectrogram"
+    (tmp_path / "ck" / "config.json").write_text("{not json")
+    assert config(*ck, "--conditional").feature == "world"  # refused later, on one line
+
+
 def test_every_config_field_has_one_flag_with_its_help():
     import dataclasses
 

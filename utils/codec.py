@@ -197,13 +197,15 @@ class Codec(SingerConditioning):
         return song_to_features(samples, self.config, self.stats)
 
     def to_audio(self, x: np.ndarray, song: Optional[SongFeatures] = None,
-                 use_phase: bool = True, semitones: float = 0.0) -> np.ndarray:
+                 use_phase: bool = True, semitones: float = 0.0, on_source: bool = False
+                 ) -> np.ndarray:
         """Samples ``(N,)`` float32 from normalised features ``x (T, W, C)``; with ``song`` (what
         ``x`` came from) its length and, unless ``use_phase`` is False, its phase or (world) its
-        F0 transposed by ``semitones`` (:func:`utils.features.features_to_song`)."""
+        F0 transposed by ``semitones``; world with ``on_source``: the change from ``song`` to
+        ``x`` rendered on the song's samples (:func:`utils.features.features_to_song`)."""
         self._check_transpose(semitones)
         return features_to_song(x, self.config, self.stats, song=song, use_phase=use_phase,
-                                semitones=semitones)
+                                semitones=semitones, on_source=on_source)
 
     def _check_transpose(self, semitones: float) -> None:
         if semitones and self.config.feature != "world":
@@ -268,6 +270,7 @@ class Codec(SingerConditioning):
         segment_seconds: Optional[float] = None,
         segment_overlap_seconds: Optional[float] = None,
         decode_condition: Optional[np.ndarray] = None,
+        on_source: bool = False,
         semitones: float = 0.0,
         prepare: Optional[Callable[[np.ndarray], Tuple[np.ndarray, Callable]]] = None,
     ) -> np.ndarray:
@@ -294,6 +297,9 @@ class Codec(SingerConditioning):
                 :data:`~utils.song_chunks.SEGMENT_OVERLAP_SECONDS`).
             decode_condition: a conditional model's conditioning vector ``(singer_dims,)`` to
                 decode under instead of :attr:`singer`'s (what :meth:`convert` does).
+            on_source: world: render the change of each segment's features on the segment's
+                own samples (:func:`utils.world_features.render_on_source`), not WORLD's
+                resynthesis of the changed features.
             semitones: transpose the melody (the world feature, whose F0 is kept apart).
             prepare: a segment's normalised features ``(T, W, C)`` -> (what is encoded instead,
                 a map of the decoded features to what is turned into audio; before ``bound``),
@@ -319,7 +325,8 @@ class Codec(SingerConditioning):
                 x = finish(x)
             if bound is not None:
                 x = bound(x, song.x)
-            return self.to_audio(x, song, use_phase=not griffin_lim, semitones=semitones)
+            return self.to_audio(x, song, use_phase=not griffin_lim, semitones=semitones,
+                                 on_source=on_source)
 
         return render_in_segments(samples, segment, overlap, render)
 
@@ -370,7 +377,12 @@ class Codec(SingerConditioning):
         the moment-matched source, or not finite, is replaced by the moment-matched source's
         value: the inverse can blow up off the data. For the world feature the decoded envelope
         is also kept per frequency bin within that source's range plus 6 dB
-        (:func:`utils.world_features.bound_envelope`)."""
+        (:func:`utils.world_features.bound_envelope`).
+
+        World conversions are rendered on the source (:func:`utils.world_features.render_on_source`):
+        the change WORLD's resynthesis undergoes is added to the source's own STFT magnitude
+        under its phase, so strength 0 is the source itself (not WORLD's resynthesis of it) and
+        the source keeps what WORLD does not model."""
         self._need_condition()
         if self.singer is None:
             raise MigrationError("convert needs a singer-conditional checkpoint")
@@ -443,7 +455,8 @@ class Codec(SingerConditioning):
 
             return encoded, finish
 
-        return self.transform(samples, None, decode_condition=mix, prepare=prepare, **chunking)
+        return self.transform(samples, None, decode_condition=mix, prepare=prepare,
+                              on_source=self.config.feature == "world", **chunking)
 
     # ---------------------------------------------------------------- latents of aligned patches
     def patch_latents(self, samples: np.ndarray, batch_size: int = 16) -> np.ndarray:

@@ -22,6 +22,11 @@ not the waveform itself (WORLD does not keep the phase), and its SNR against the
 ceiling of this feature (see README). Decoding what was encoded gives back these features to
 float32 precision, hence the same resynthesis.
 
+:func:`render_on_source` renders a change of the features without that ceiling: the change WORLD's
+resynthesis undergoes, per STFT bin, is added to the song's own STFT magnitude under the song's
+phase, so an unchanged song comes back to float32 precision and a changed one keeps every detail
+WORLD does not model (``Codec.convert`` renders world conversions so).
+
 Units: samples are float32 in [-1, 1] at ``config.sampling_rate`` Hz; F0 in Hz; coded
 coefficients are unit-free (log-amplitude cepstra).
 """
@@ -178,6 +183,35 @@ def synthesize(features: np.ndarray, f0: np.ndarray, config: Config,
         out = out[:num_samples] if len(out) >= num_samples else np.pad(
             out, (0, num_samples - len(out)))
     return out
+
+
+def render_on_source(features: np.ndarray, source_features: np.ndarray, f0: np.ndarray,
+                     samples: np.ndarray, config: Config) -> np.ndarray:
+    """A change of a song's WORLD features applied to the song itself: float32 ``(N,)``.
+
+    ``samples (N,)`` is the song, ``source_features`` its (unnormalised) :func:`analyse`
+    features and ``f0`` its F0, ``features`` the changed ones (all ``(T, world_dims, 2)``).
+    Both feature sets are synthesised with the song's F0 (WORLD's synthesis is deterministic:
+    the same features give the same samples), and in every STFT bin
+    (``config.n_fft`` / ``config.hop_length``) the song's magnitude moves by the difference of
+    the two syntheses' magnitudes (floored at 0), under the song's phase. The song keeps its
+    harmonics, phase and everything else WORLD does not model; what the change adds (e.g. the
+    breath noise of a converted aperiodicity, energy where the song had none) comes from WORLD.
+    ``features == source_features`` gives ``samples`` back to float32 precision.
+    """
+    from utils.audio import magnitude, spectrogram, spectrogram_to_audio
+
+    samples = np.asarray(samples, np.float32).reshape(-1)
+    num_samples = len(samples)
+    changed = synthesize(features, f0, config, num_samples)
+    same = synthesize(source_features, f0, config, num_samples)
+    log_mag, phase = spectrogram(samples, config)
+    song = magnitude(log_mag, config).numpy().astype(np.float64)
+    moved = [magnitude(spectrogram(x, config)[0], config).numpy().astype(np.float64)
+             for x in (changed, same)]
+    out = np.maximum(song + moved[0] - moved[1], 0.0)
+    out_log = np.log(out + config.log_floor).astype(np.float32)
+    return spectrogram_to_audio(out_log, phase, config, num_samples).numpy().astype(np.float32)
 
 
 def resynthesize(samples: np.ndarray, config: Config, semitones: float = 0.0) -> np.ndarray:
