@@ -231,8 +231,8 @@ def _dc_scale(features: np.ndarray) -> float:
 
 def test_a_tiny_world_model_converts_more_humanly_than_eq_on_both_judges(world_run, tmp_path,
                                                                         capsys):
-    """The conversion claim on the tiny world model: each virtual song scored by judges fitted on the
-    other songs, convert against the no-model baseline at their best strengths."""
+    """The conversion claim on the tiny world model: each virtual song scored by judges fitted
+    on the other songs, convert against the no-model baseline at their best strengths."""
     import json
 
     import evaluate
