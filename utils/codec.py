@@ -379,9 +379,9 @@ class Codec(SingerConditioning):
         is also kept per frequency bin within that source's range plus 6 dB
         (:func:`utils.world_features.bound_envelope`).
 
-        World conversions are rendered on the source (:func:`utils.world_features.render_on_source`):
-        the change WORLD's resynthesis undergoes is added to the source's own STFT magnitude
-        under its phase, so strength 0 is the source itself (not WORLD's resynthesis of it) and
+        World conversions are rendered on the source
+        (:func:`utils.world_features.render_on_source`): the change WORLD's resynthesis
+        undergoes is added to the source's own STFT magnitude under its phase, so strength 0 is the source itself (not WORLD's resynthesis of it) and
         the source keeps what WORLD does not model."""
         self._need_condition()
         if self.singer is None:
