@@ -115,7 +115,9 @@ class Trainer:
         self.collectives = Collectives(self.strategy)
         self.is_chief = self.collectives.task.is_chief
         self.report = TrainingReport(config, self.is_chief, log, progress)
-        if config.feature == "spectrogram":  # the summaries invert it: refuse now, not later
+        # Spectrogram summaries invert the STFT, and world conversions render on it: refuse a
+        # hop it cannot invert now, not later.
+        if config.feature in ("spectrogram", "world"):
             check_invertible(config)
         check_unlocked(config.checkpoint_dir, self.collectives.task)  # one writer
         latest = check_checkpoint_dir(config)  # refuses a checkpoint of another model

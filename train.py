@@ -226,7 +226,7 @@ def _prepare(args: argparse.Namespace):
     from utils.run_folder import check_checkpoint_dir, check_init_from
 
     strategy = make_strategy()  # first: MultiWorkerMirroredStrategy must precede other TF work
-    if config.feature == "spectrogram":
+    if config.feature in ("spectrogram", "world"):  # world conversions render on the STFT
         check_invertible(config)
     if check_checkpoint_dir(config) is None:  # a run that resumes ignores --init_from
         check_init_from(config)

@@ -254,3 +254,15 @@ def test_a_tiny_world_model_converts_more_humanly_than_eq_on_both_judges(world_r
     assert convert["p_ref_migrated"] > eq["p_ref_migrated"], best
     assert convert["frames_ref_migrated"] > eq["frames_ref_migrated"], best
     assert convert["frames_ref_migrated"] >= 0.2, best
+
+
+def test_a_world_run_refuses_a_hop_its_stft_cannot_invert(tmp_path):
+    from pipeline import Trainer
+
+    # Conversions render on the source's STFT (n_fft / hop_length), so it must invert.
+    config = WORLD.replace(hop_length=510, n_fft=510, data_dirs=(str(tmp_path),),
+                           checkpoint_dir=str(tmp_path / "ck"), logdir=str(tmp_path / "logs"),
+                           records_dir=str(tmp_path / "rec"), output_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"hop_length \(510\) must be below n_fft \(510\)"):
+        Trainer(config, log=lambda message: None, progress=False)
+    assert not os.path.exists(tmp_path / "ck") and not os.path.exists(tmp_path / "rec")
