@@ -197,6 +197,15 @@ def test_a_tiny_conditional_world_model_converts_and_keeps_the_melody(world_run,
     assert converted.shape == song.shape and np.isfinite(converted).all()
     pitch = compare_pitch(pitch_track(song, RATE)[0], pitch_track(converted, RATE)[0])
     assert pitch["raw_pitch_accuracy"] >= 0.9, pitch  # the source's F0, whatever the envelope
+    # So are the latent moves.
+    from utils.migration import migrate_song
+
+    reference = codec.latent_stats([song])
+    for strength in (0.0, 1.0):
+        moved = migrate_song(codec, song, "match", strength, reference).samples
+        assert moved.shape == song.shape and np.isfinite(moved).all()
+        if not strength:
+            assert snr_db(song, moved) >= 60.0
     with pytest.raises(MigrationError, match="harmonic_hz is for the spectrogram feature"):
         codec.convert(song, "virtual", 1.0, harmonic_hz=1000.0)
     transposed = codec.transform(song, None, semitones=-12.0)

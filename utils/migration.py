@@ -98,7 +98,9 @@ def migrate_song(
     """Encode a whole song, move its latents toward ``reference`` and decode it to audio.
 
     :meth:`Codec.transform` with ``apply_method(method, ...)`` as the latent move and
-    :func:`bound_features` as the feature bound.
+    :func:`bound_features` as the feature bound; on the world feature the move is rendered on
+    the source (:func:`utils.world_features.render_on_source`: strength 0 is the song itself),
+    except when ``semitones`` transposes it.
 
     Args:
         codec: the trained model, its Config and feature normalisation.
@@ -145,7 +147,8 @@ def migrate_song(
     out = codec.transform(
         samples, move, bound=bound, griffin_lim=griffin_lim, chunk_steps=chunk,
         overlap_steps=chunk_overlap, batch_size=batch_size, segment_seconds=segment_seconds,
-        segment_overlap_seconds=segment_overlap_seconds, semitones=semitones)
+        segment_overlap_seconds=segment_overlap_seconds, semitones=semitones,
+        on_source=config.feature == "world")
     return MigrationResult(out, source_stats)
 
 
