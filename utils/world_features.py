@@ -25,7 +25,8 @@ float32 precision, hence the same resynthesis.
 :func:`render_on_source` renders a change of the features without that ceiling: the change WORLD's
 resynthesis undergoes, per STFT bin, is added to the song's own STFT magnitude under the song's
 phase, so an unchanged song comes back to float32 precision and a changed one keeps every detail
-WORLD does not model (``Codec.convert`` renders world conversions so).
+WORLD does not model (every migration of a world checkpoint is rendered so, unless it
+transposes).
 
 Units: samples are float32 in [-1, 1] at ``config.sampling_rate`` Hz; F0 in Hz; coded
 coefficients are unit-free (log-amplitude cepstra).
