@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import typing
@@ -172,13 +171,13 @@ def conditional_feature(checkpoint_dir: str) -> str:
     """``--feature`` for ``--conditional`` when not given: the checkpoint's own when
     ``checkpoint_dir`` holds a run to resume (so a run started under another default resumes),
     else :data:`CONDITIONAL_FEATURE`."""
-    try:
-        with open(os.path.join(checkpoint_dir, "config.json"), encoding="utf-8") as handle:
-            saved = json.load(handle)
-    except (OSError, ValueError):
+    path = os.path.join(checkpoint_dir, "config.json")
+    if not os.path.isfile(path):
         return CONDITIONAL_FEATURE
-    feature = saved.get("feature") if isinstance(saved, dict) else None
-    return feature if isinstance(feature, str) else CONDITIONAL_FEATURE
+    try:
+        return Config.load(path).feature
+    except (OSError, ValueError, TypeError):  # refused on one line when the run is checked
+        return CONDITIONAL_FEATURE
 
 
 def check_paths(config: Config) -> None:

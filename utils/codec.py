@@ -456,7 +456,7 @@ class Codec(SingerConditioning):
             return encoded, finish
 
         return self.transform(samples, None, decode_condition=mix, prepare=prepare,
-                              on_source=self.config.feature == "world", **chunking)
+                              on_source=True, **chunking)
 
     # ---------------------------------------------------------------- latents of aligned patches
     def patch_latents(self, samples: np.ndarray, batch_size: int = 16) -> np.ndarray:

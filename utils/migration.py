@@ -148,7 +148,7 @@ def migrate_song(
         samples, move, bound=bound, griffin_lim=griffin_lim, chunk_steps=chunk,
         overlap_steps=chunk_overlap, batch_size=batch_size, segment_seconds=segment_seconds,
         segment_overlap_seconds=segment_overlap_seconds, semitones=semitones,
-        on_source=config.feature == "world")
+        on_source=True)
     return MigrationResult(out, source_stats)
 
 

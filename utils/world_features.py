@@ -200,19 +200,16 @@ def render_on_source(features: np.ndarray, source_features: np.ndarray, f0: np.n
     breath noise of a converted aperiodicity, energy where the song had none) comes from WORLD.
     ``features == source_features`` gives ``samples`` back to float32 precision.
     """
-    from utils.audio import magnitude, spectrogram, spectrogram_to_audio
+    from utils.audio import istft, stft
 
     samples = np.asarray(samples, np.float32).reshape(-1)
     num_samples = len(samples)
-    changed = synthesize(features, f0, config, num_samples)
-    same = synthesize(source_features, f0, config, num_samples)
-    log_mag, phase = spectrogram(samples, config)
-    song = magnitude(log_mag, config).numpy().astype(np.float64)
-    moved = [magnitude(spectrogram(x, config)[0], config).numpy().astype(np.float64)
-             for x in (changed, same)]
-    out = np.maximum(song + moved[0] - moved[1], 0.0)
-    out_log = np.log(out + config.log_floor).astype(np.float32)
-    return spectrogram_to_audio(out_log, phase, config, num_samples).numpy().astype(np.float32)
+    song = stft(samples, config).numpy()
+    changed, same = (np.abs(stft(synthesize(f, f0, config, num_samples), config).numpy())
+                     for f in (features, source_features))
+    magnitude = np.maximum(np.abs(song) + changed - same, 0.0)
+    moved = (magnitude * np.exp(1j * np.angle(song))).astype(np.complex64)
+    return istft(moved, config, num_samples).numpy().astype(np.float32)
 
 
 def resynthesize(samples: np.ndarray, config: Config, semitones: float = 0.0) -> np.ndarray:
