@@ -28,7 +28,7 @@ FEATURES = ("spectrogram", "waveform", "world")
 WORLD_F0_METHODS = ("dio", "harvest")
 COUPLINGS = ("affine", "additive")
 # --mixed_precision: the compute dtype of the coupling networks' and priors' convolutions during
-# training (utils/precision.py); variables, log-determinants and the loss stay float32.
+# training (utils/training/precision.py); variables, log-determinants and the loss stay float32.
 MIXED_PRECISIONS = ("off", "bf16", "fp16")
 
 # Patch length in time steps when --window_size is not given: 64 STFT frames (about one second at

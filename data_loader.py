@@ -2,7 +2,7 @@
 
 The entry point of the data side; the work is done in two modules:
 
-- writing (:mod:`utils.records_writer`): ``make`` walks the given folders (recursively;
+- writing (:mod:`utils.data.records_writer`): ``make`` walks the given folders (recursively;
   ``.wav .mp3 .flac .ogg`` in any case; dot-names ignored), decodes each file to mono float32 at
   ``config.sampling_rate``, and writes one TFRecord example per song into shards of about
   ``config.shard_size_seconds`` of audio. A manifest keyed by path, size and modification time
@@ -13,7 +13,7 @@ The entry point of the data side; the work is done in two modules:
   shard's size, CRC-32 and record count: a damaged or missing shard is rebuilt on the next
   ``make`` (its songs decoded again). One process at a time writes a records folder
   (``RECORDS/.lock``); Ctrl-C leaves it as it was.
-- reading (:mod:`utils.records`): ``records`` opens them as a :class:`~utils.records.Records`
+- reading (:mod:`utils.data.records`): ``records`` opens them as a :class:`~utils.data.records.Records`
   (manifest read once, every shard checked against it: a damaged one is left out with one
   warning line naming it and its songs): the songs, their statistics, and two ``tf.data``
   pipelines of normalised patches: random windows per song per epoch (seeded) for training, or
@@ -41,8 +41,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from common_definitions import FEATURES, Config
 from utils.cli import OneLineArgumentParser, run_cli
 # Re-exported: callers of the data side import these from here.
-from utils.records import DataError, Records, Song, read_records_manifest
-from utils.records_writer import MakeSummary, find_audio_files, outputs_inside, write_records
+from utils.data.records import DataError, Records, Song, read_records_manifest
+from utils.data.records_writer import MakeSummary, find_audio_files, outputs_inside, write_records
 
 __all__ = ["SongDataLoader", "Records", "Song", "MakeSummary", "DataError",
            "find_audio_files", "read_records_manifest", "main"]
@@ -66,8 +66,8 @@ class SongDataLoader:
     ) -> MakeSummary:
         """Bring the records in ``records_dir`` (default ``config.records_dir``) up to date with
         the audio under ``data_dirs`` (default ``config.data_dirs``), leaving out the folders in
-        ``exclude`` (a run's own outputs, see :func:`utils.records_writer.outputs_inside`); see
-        :func:`utils.records_writer.write_records` (it rebuilds damaged shards and holds the
+        ``exclude`` (a run's own outputs, see :func:`utils.data.records_writer.outputs_inside`); see
+        :func:`utils.data.records_writer.write_records` (it rebuilds damaged shards and holds the
         folder's lock meanwhile).
 
         Raises:

@@ -14,8 +14,8 @@ Reports
 - migration, for every method x strength, averaged over the last ``--songs`` virtual songs:
   P(real) of the source and of the migrated song by two judges fitted on the other virtual songs
   and the real songs (the evaluated songs are held out of both): a per-second MFCC-statistics
-  classifier (:class:`utils.metrics.SingerClassifier`) and a frame-level one (one GMM per singer
-  on frame MFCCs + deltas, :class:`utils.frame_judge.FrameJudge`: the share of frames judged the
+  classifier (:class:`utils.evaluation.metrics.SingerClassifier`) and a frame-level one (one GMM per singer
+  on frame MFCCs + deltas, :class:`utils.evaluation.frame_judge.FrameJudge`: the share of frames judged the
   real singer's); raw pitch accuracy and median cent error of the migrated song's pitch against
   the source's, and SNR / log-spectral distance against the source. The methods are the latent
   moves, ``eq`` (the no-model baseline every method is measured against) and, for a
@@ -47,16 +47,16 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Se
 
 from utils.cli import CliError, OneLineArgumentParser, finite_float, print_warning, run_cli
 from utils.files import atomic_write_text
+from utils.migration.latent_moves import LATENT_METHODS, METHOD_NAMES
 from utils.resources import check_inference_fits, check_writable_folder
-from utils.migration_methods import LATENT_METHODS, METHOD_NAMES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
 if TYPE_CHECKING:  # imported for real once the flags are checked (TensorFlow loads)
-    from utils.codec import Codec
-    from utils.latent_stats import LatentStats
+    from utils.runs.codec import Codec
+    from utils.runs.latent_stats import LatentStats
 
 PROG = "evaluate.py"
 VIRTUAL, REAL = "virtual", "real"
@@ -101,7 +101,7 @@ def heldout_bits_per_dim(model, batches: Iterable) -> Dict[str, float]:
     ``-log p(x) / (D ln 2)`` with ``D = H * W * C`` (continuous features, no discretisation
     term).
     """
-    from utils.metrics import bits_per_dim_from_log_prob
+    from utils.evaluation.metrics import bits_per_dim_from_log_prob
 
     total, count = 0.0, 0
     for batch in batches:
@@ -117,7 +117,7 @@ def heldout_bits_per_dim(model, batches: Iterable) -> Dict[str, float]:
 def song_patch_batches(codec: "Codec", songs: Iterable, batch_size: int):
     """Batches (B, H, W, C) of the aligned, non-overlapping patches of whole songs, given as
     ``(samples, singer)`` pairs; for a conditional model ``(patches, singer ids (B,))``."""
-    from utils.song_chunks import iter_patches
+    from utils.runs.song_chunks import iter_patches
 
     patch_steps = codec.config.input_shape[0]
 
@@ -149,7 +149,7 @@ def _stacked(pending, codec: "Codec"):
 
 def reconstruction_metrics(codec: "Codec", samples: np.ndarray) -> Dict[str, float]:
     """SNR and log-spectral distance (dB) of the chunked decode(encode(song)) against the song."""
-    from utils.metrics import log_spectral_distance, snr_db
+    from utils.evaluation.metrics import log_spectral_distance, snr_db
 
     rebuilt = codec.reconstruct(samples)
     return {"snr_db": snr_db(samples, rebuilt),
@@ -164,8 +164,8 @@ class Judges(NamedTuple):
     """The two outside judges of singer likeness, fitted on songs they do not score: ``clip``
     scores per-second MFCC statistics, ``frames`` every frame on its own."""
 
-    clip: object  # utils.metrics.SingerClassifier
-    frames: object  # utils.frame_judge.FrameJudge
+    clip: object  # utils.evaluation.metrics.SingerClassifier
+    frames: object  # utils.evaluation.frame_judge.FrameJudge
 
 
 def evaluate_migration(codec: "Codec", sources: Sequence[np.ndarray], targets: Dict[str, object],
@@ -173,14 +173,14 @@ def evaluate_migration(codec: "Codec", sources: Sequence[np.ndarray], targets: D
                        reference_label: str = REAL) -> List[dict]:
     """Migrate every source with every method x strength and score the result.
 
-    ``targets`` maps each method to its :class:`utils.migration.MigrationTarget`. Returns one
+    ``targets`` maps each method to its :class:`utils.migration.registry.MigrationTarget`. Returns one
     dict per (method, strength) with the means over sources of ``p_ref_source``,
     ``p_ref_migrated`` (P(reference_label) by the per-second judge), ``frames_ref_source``,
     ``frames_ref_migrated`` (share of frames the frame judge gives ``reference_label``),
     ``raw_pitch_accuracy``, ``median_abs_cents``, ``snr_db``, ``lsd_db`` and ``per_song`` lists.
     """
-    from utils.metrics import compare_pitch, log_spectral_distance, pitch_track, snr_db
-    from utils.migration import migrate
+    from utils.evaluation.metrics import compare_pitch, log_spectral_distance, pitch_track, snr_db
+    from utils.migration.registry import migrate
 
     rate = codec.config.sampling_rate
     source_pitch = [pitch_track(s, rate)[0] for s in sources]
@@ -347,9 +347,9 @@ def prepare(args: argparse.Namespace) -> Prepared:
     if args.heldout is not None and not os.path.isdir(args.heldout):
         raise CliError(f"--heldout not found: {args.heldout}")
     started = time.perf_counter()
-    from utils.latent_stats import LatentStats, weights_fingerprint
-    from utils.run_folder import load_for_inference
-    from utils.song_folders import list_audio
+    from utils.data.song_folders import list_audio
+    from utils.runs.latent_stats import LatentStats, weights_fingerprint
+    from utils.runs.run_folder import load_for_inference
 
     codec = load_for_inference(args.checkpoint_dir)
     # Patches of one window each, --batch_size per model call (the chunked songs are smaller).
@@ -387,8 +387,8 @@ def _label(folder: str) -> str:
 
 def work(prepared: Prepared) -> dict:
     """Evaluate; prints the table(s), writes ``--json`` and returns the results."""
-    from utils.frame_judge import FrameJudge
-    from utils.metrics import SingerClassifier
+    from utils.evaluation.frame_judge import FrameJudge
+    from utils.evaluation.metrics import SingerClassifier
 
     args, codec = prepared.args, prepared.codec
     config = codec.config
@@ -412,8 +412,8 @@ def work(prepared: Prepared) -> dict:
         "evaluated_songs": [p for p, _ in evaluated],
         "classifier": {"labels": [VIRTUAL, REAL], "virtual_songs": len(rest),
                        "real_songs": len(real), "in_sample": in_sample},
-        "judges": {"per_second": "utils.metrics.SingerClassifier",
-                   "frames": "utils.frame_judge.FrameJudge"},
+        "judges": {"per_second": "utils.evaluation.metrics.SingerClassifier",
+                   "frames": "utils.evaluation.frame_judge.FrameJudge"},
         "reference": args.reference_stats or os.path.abspath(args.real),
         "harmonic_hz": harmonic_bands(args),
     })
@@ -431,7 +431,7 @@ def work(prepared: Prepared) -> dict:
 
 def harmonic_bands(args: argparse.Namespace) -> Dict[str, Optional[float]]:
     """``{method: harmonic_hz}`` of the methods that take a harmonic band
-    (:mod:`utils.harmonic_band`); None is convert's default for the checkpoint's feature."""
+    (:mod:`utils.migration.harmonic_band`); None is convert's default for the checkpoint's feature."""
     return {"convert": args.harmonic_hz, "eq": args.eq_harmonic_hz}
 
 
@@ -440,8 +440,8 @@ def _evaluate_checkpoint(codec: "Codec", args: argparse.Namespace, methods: Sequ
                          judges: Judges) -> dict:
     """Held-out bits/dim, reconstruction and every method x strength of one checkpoint; prints
     its table and summary."""
-    from utils.eq_baseline import song_bin_stats
-    from utils.migration import MigrationTarget
+    from utils.migration.eq_baseline import song_bin_stats
+    from utils.migration.registry import MigrationTarget
 
     config = codec.config
     print(f"== {os.path.abspath(codec_dir(codec, args))} ({config.feature}"

@@ -61,8 +61,8 @@ from utils.resources import NotWritable, check_writable_folder  # noqa: E402
 
 if TYPE_CHECKING:  # imported for real once the flags are checked (TensorFlow loads)
     from common_definitions import Config
-    from utils.codec import Codec
-    from utils.features import FeatureStats
+    from utils.audio.features import FeatureStats
+    from utils.runs.codec import Codec
 
 PROG = "export.py"
 # Bumped whenever the exported interface changes incompatibly.
@@ -182,7 +182,7 @@ def build_module(model, config: "Config", stats: "FeatureStats", singers: Sequen
                                 input_signature=[x_spec] + singer_specs),
     }
 
-    # Normalisation along W of (B, T, W, C), as utils.features.FeatureStats does.
+    # Normalisation along W of (B, T, W, C), as utils.audio.features.FeatureStats does.
     features_spec = tf.TensorSpec([None, None, width, channels], tf.float32, name="features")
 
     def normalize(features):
@@ -381,7 +381,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     if not os.path.isdir(args.checkpoint_dir):
         raise CliError(f"checkpoint folder not found: {args.checkpoint_dir}")
     check_out(args.out, args.overwrite)
-    from utils.run_folder import load_for_inference
+    from utils.runs.run_folder import load_for_inference
 
     codec = load_for_inference(args.checkpoint_dir)
     singers = tuple(codec.singers) if codec.model.conditional else ()

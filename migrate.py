@@ -16,7 +16,7 @@ checkpoint (``train.py --conditional``): it encodes under the source singer (``-
 or the singer under whom the song is most likely, which it names) and decodes under a
 conditioning moved by the strength toward ``--target_singer``. On a conditional checkpoint the
 latent moves work under the source singer too. Strength 0 returns the source; strength 1 is the
-method's full move (see utils/migration_methods.py).
+method's full move (see utils/migration/latent_moves.py).
 
 Writes ``OUT.wav`` (16-bit PCM at the model's rate, exactly as long as the source; scaled down
 with a warning if it would clip) and, beside it, ``OUT.png`` comparing the source and migrated
@@ -31,7 +31,7 @@ Folder mode: when ``--source`` is a folder, every song under it (recursively) is
 the same flags into the folder ``--output``: ``DIR/a/song.mp3`` -> ``OUTDIR/a/song.wav`` (with
 its ``.png`` and a ``.json`` record); nothing is written inside ``DIR``; a rerun skips complete
 outputs unless ``--overwrite``; broken songs are skipped with one line each; exit status 0 when
-a song was migrated (or already complete), else 1 (see :mod:`utils.folder_migration`). The
+a song was migrated (or already complete), else 1 (see :mod:`utils.migration.folders`). The
 reference's statistics and ``--source_stats`` are computed once for the folder (on a conditional
 checkpoint once per source singer: latent statistics live in that singer's coordinates); each
 song's own statistics and most likely singer are still found song by song.
@@ -49,17 +49,17 @@ from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence
 from utils.cli import (EXIT_FAILED, EXIT_OK, CliError, OneLineArgumentParser, finite_float,
                        print_error, print_warning, run_cli)
 from utils.errors import SinGlowError, one_line
-from utils.folder_migration import (Console, FolderAbort, FolderProgress, SongJob, SongResult,
-                                    check_folders, file_identity, is_inside, migrate_folder,
-                                    path_identity, plan_folder)
-from utils.migration_methods import METHOD_NAMES, NEEDS_SOURCE
-from utils.migration_targets import StatsSource, Targets, open_stats
+from utils.migration.folders import (Console, FolderAbort, FolderProgress, SongJob, SongResult,
+                                     check_folders, file_identity, is_inside, migrate_folder,
+                                     path_identity, plan_folder)
+from utils.migration.latent_moves import METHOD_NAMES, NEEDS_SOURCE
+from utils.migration.targets import StatsSource, Targets, open_stats
 from utils.resources import check_inference_fits, check_writable_folder
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 if TYPE_CHECKING:  # imported for real only once the flags are checked (TensorFlow loads)
-    from utils.codec import Codec
+    from utils.runs.codec import Codec
 
 PROG = "migrate.py"
 # Peak the output is scaled to when migration pushed it past full scale (-0.1 dBFS).
@@ -154,7 +154,7 @@ def spectrogram_figure(source, migrated, config, path: str, title: str) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from utils.plots import DB_PER_NEPER, spectrogram_figure as figure_of
+    from utils.evaluation.plots import DB_PER_NEPER, spectrogram_figure as figure_of
 
     panels = [spectrogram_columns(samples, config) for samples in (source, migrated)]
     seconds = len(source) / config.sampling_rate
@@ -182,7 +182,7 @@ class Migrated(NamedTuple):
 def load_source(path: str, codec: "Codec"):
     """A source song as ``(N,)`` float32 at the model's rate; raises AudioError (a one-line
     SinGlowError) for a file that cannot be migrated."""
-    from utils.audio import load_audio
+    from utils.audio.signal import load_audio
 
     samples = load_audio(path, codec.config.sampling_rate)
     # Fail before the statistics pass; migrate_song checks again and warns if it is short.
@@ -211,10 +211,10 @@ def migrate_samples(prepared: "Prepared", targets: Targets, codec: "Codec", samp
     atomically."""
     import numpy as np
 
-    from utils.audio import save_wav
+    from utils.audio.signal import save_wav
+    from utils.evaluation.metrics import snr_db
     from utils.files import atomic_write
-    from utils.metrics import snr_db
-    from utils.migration import migrate
+    from utils.migration.registry import migrate
 
     args, config = prepared.args, codec.config
     target, source_stats = targets.of(codec)
@@ -241,7 +241,7 @@ def migrate_samples(prepared: "Prepared", targets: Targets, codec: "Codec", samp
 class Prepared(NamedTuple):
     """What :func:`prepare` checked and loaded for :func:`work` (``reference`` is None for
     ``convert``, a folder for ``eq``); in folder mode the ``jobs`` and the ``recipe`` that says
-    whether an output is complete (:mod:`utils.folder_migration`)."""
+    whether an output is complete (:mod:`utils.migration.folders`)."""
 
     args: argparse.Namespace
     codec: "Codec"
@@ -317,9 +317,9 @@ def prepare(args: argparse.Namespace) -> Prepared:
     when of another model) and the reference folder (refused when it holds no audio); in folder
     mode also the source folder (refused when it holds no audio) and its output names."""
     check_paths(args)
-    from utils.run_folder import load_for_inference
-    from utils.song_chunks import default_chunking
-    from utils.song_folders import list_audio
+    from utils.data.song_folders import list_audio
+    from utils.runs.run_folder import load_for_inference
+    from utils.runs.song_chunks import default_chunking
 
     codec = load_for_inference(args.checkpoint_dir)
     chunk, _ = default_chunking(codec.config, args.chunk_steps, args.overlap_steps)
@@ -358,7 +358,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
 def recipe(args: argparse.Namespace, uses_source_stats: bool) -> dict:
     """What a folder output is made of: the checkpoint's files, the method and every flag that
     changes the audio (not ``--batch_size``); an output is complete only under the same one."""
-    from utils.run_folder import CONFIG_NAME, SINGERS_NAME, STATS_NAME, WEIGHTS_NAME
+    from utils.runs.run_folder import CONFIG_NAME, SINGERS_NAME, STATS_NAME, WEIGHTS_NAME
 
     checkpoint = {"path": os.path.abspath(args.checkpoint_dir)}
     # "checkpoint" names the latest ckpt-N and is rewritten by every save.
@@ -394,7 +394,7 @@ def work(prepared: Prepared) -> List[str]:
 
 
 def work_folder(prepared: Prepared, progress: FolderProgress) -> int:
-    """Migrate every song of the source folder (see :mod:`utils.folder_migration`); returns the
+    """Migrate every song of the source folder (see :mod:`utils.migration.folders`); returns the
     exit status: 0 when a song was migrated or was already complete, 1 when none could be."""
     args, console = prepared.args, Console(PROG)
     targets = Targets(args, prepared.reference, prepared.source_stats, console)

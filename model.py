@@ -15,7 +15,7 @@ Flow of one level (``K`` steps, then a split), repeated ``L`` times::
     log p(x) = sum_i log N(z_i; 0, 1) + logdet          (nats)
     bits/dim = -log p(x) / (D ln 2),  D = H * W * C.
 
-Every layer (:mod:`utils.flow_layers`) has ``forward(x) -> (y, logdet)`` with ``logdet`` of
+Every layer (:mod:`utils.flow.layers`) has ``forward(x) -> (y, logdet)`` with ``logdet`` of
 shape ``(B,)`` in nats, and a separate exact ``inverse(y) -> x``. The direction is never chosen by
 Keras' ``training`` flag. A singer-conditional Glow (``num_singers > 0``) passes a learned
 embedding of the singer to every coupling network and prior: p(x | singer).
@@ -39,7 +39,7 @@ import keras
 
 from common_definitions import Config
 # The layers are re-exported: ``from model import ActNorm`` keeps working.
-from utils.flow_layers import (  # noqa: F401
+from utils.flow.layers import (  # noqa: F401
     ActNorm,
     AffineCoupling,
     CouplingNetwork,
@@ -314,7 +314,7 @@ class Glow(keras.Model):
         return self._flatten(latents), logdet
 
     def train_encode(self, x, singer=None, compute_dtype=tf.float32):
-        """:meth:`encode` as a mixed-precision train step computes it (utils/precision.py): the
+        """:meth:`encode` as a mixed-precision train step computes it (utils/training/precision.py): the
         coupling networks' and split priors' convolutions in ``compute_dtype`` (bf16 or fp16),
         everything else, the variables and the returned ``(z (B, D), logdet (B,) nats)`` float32.
 
@@ -398,10 +398,10 @@ def standard_normal_log_prob(z: tf.Tensor) -> tf.Tensor:
 
 
 def __getattr__(name: str):
-    """``model.GlowBijector`` (:mod:`utils.bijector`), imported on first use: TensorFlow
+    """``model.GlowBijector`` (:mod:`utils.flow.bijector`), imported on first use: TensorFlow
     Probability adds seconds to ``import model``."""
     if name == "GlowBijector":
-        from utils.bijector import GlowBijector
+        from utils.flow.bijector import GlowBijector
 
         return GlowBijector
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

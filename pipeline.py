@@ -16,13 +16,13 @@ Units: ``bits_per_dim`` is in bits per dimension of a patch (``D = H * W * C``);
 negative log-likelihood in nats per patch (``bits_per_dim * D * ln 2``).
 
 This module holds the compiled step, the loop and the non-finite policy. The rest of a run lives
-beside it: the strategy and the collectives across workers (:mod:`utils.distribute`), the data
-and its normalisation, settled before the trainer is built (:mod:`utils.training_data`), the
-checkpoint folder (:mod:`utils.run_folder`), TensorBoard, the progress bar and the output wavs
-(:mod:`utils.train_reports`), graceful Ctrl-C / SIGTERM (:mod:`utils.stop_signals`), the
-optimizer (:mod:`utils.optimizer`), the metrics (:mod:`utils.train_metrics`), the validation
-curve with the best weights and early stopping (:mod:`utils.validation`) and mixed precision
-(:mod:`utils.precision`). See ``design/training.md``.
+beside it: the strategy and the collectives across workers (:mod:`utils.training.distribute`), the data
+and its normalisation, settled before the trainer is built (:mod:`utils.training.data`), the
+checkpoint folder (:mod:`utils.runs.run_folder`), TensorBoard, the progress bar and the output wavs
+(:mod:`utils.training.reports`), graceful Ctrl-C / SIGTERM (:mod:`utils.training.stop_signals`), the
+optimizer (:mod:`utils.training.optimizer`), the metrics (:mod:`utils.training.metrics`), the validation
+curve with the best weights and early stopping (:mod:`utils.training.validation`) and mixed precision
+(:mod:`utils.training.precision`). See ``design/training.md``.
 """
 
 from __future__ import annotations
@@ -40,26 +40,26 @@ import keras
 from common_definitions import Config
 from data_loader import SongDataLoader
 from model import Glow, standard_normal_log_prob
-from utils.audio import check_invertible
-from utils.distribute import Collectives, cluster_size, make_strategy  # noqa: F401 (re-exported)
-from utils.features import sounding_frames
-from utils.optimizer import SummedGradientAdam, WarmupSchedule
-from utils.plots import spectrogram_image  # noqa: F401 (re-exported)
-from utils.precision import MixedPrecision
-from utils.run_folder import CheckpointMismatch, RunFolder, check_checkpoint_dir  # noqa: F401
-from utils.run_folder import SaveFailed, check_unlocked, restore_model  # noqa: F401
-from utils.stop_signals import STOP_SIGNALS, StopRequest, signal_name
+from utils.audio.features import sounding_frames
+from utils.audio.signal import check_invertible
+from utils.evaluation.plots import spectrogram_image  # noqa: F401 (re-exported)
+from utils.runs.run_folder import CheckpointMismatch, RunFolder, check_checkpoint_dir  # noqa: F401
+from utils.runs.run_folder import SaveFailed, check_unlocked, restore_model  # noqa: F401
+from utils.training.distribute import Collectives, cluster_size, make_strategy  # noqa: F401 (re-exported)
+from utils.training.optimizer import SummedGradientAdam, WarmupSchedule
+from utils.training.precision import MixedPrecision
+from utils.training.stop_signals import STOP_SIGNALS, StopRequest, signal_name
+from utils.training.data import TrainingData, prepare_training_data
 # The metrics are re-exported: ``from pipeline import StepMetrics`` keeps working.
-from utils.train_metrics import (  # noqa: F401
+from utils.training.metrics import (  # noqa: F401
     ReplicaMetrics,
     StepMetrics,
     StepTotals,
     TrainingDiverged,
     TrainResult,
 )
-from utils.train_reports import TrainingReport
-from utils.training_data import TrainingData, prepare_training_data
-from utils.validation import Steering
+from utils.training.reports import TrainingReport
+from utils.training.validation import Steering
 
 # Global batches SingerNorm's per-singer moments are taken over at initialisation.
 SINGER_NORM_BATCHES = 16

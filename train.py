@@ -216,13 +216,13 @@ def _prepare(args: argparse.Namespace):
     check_paths(config)
     check_training_fits(config)
     if config.feature == "world":  # one line naming pyworld now, not after the records
-        from utils.world_features import require_pyworld
+        from utils.audio.world import require_pyworld
 
         require_pyworld()
     # TensorFlow is imported only now: flag errors above come back at once.
     from pipeline import make_strategy
-    from utils.audio import check_invertible
-    from utils.run_folder import check_checkpoint_dir, check_init_from
+    from utils.audio.signal import check_invertible
+    from utils.runs.run_folder import check_checkpoint_dir, check_init_from
 
     strategy = make_strategy()  # first: MultiWorkerMirroredStrategy must precede other TF work
     if config.feature in ("spectrogram", "world"):  # world conversions render on the STFT
@@ -237,7 +237,7 @@ def _work(prepared) -> int:
     from pipeline import Trainer
 
     if config.demo:
-        from utils.demo_data import make_demo_corpus
+        from utils.data.demo_data import make_demo_corpus
 
         make_demo_corpus(root=DEMO_DATA_ROOT, sampling_rate=config.sampling_rate)
     result = Trainer(config, strategy=strategy, progress=False if no_progress else None).fit()

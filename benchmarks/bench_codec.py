@@ -2,7 +2,7 @@
 
 1. Real-time factor (seconds of audio per wall second) of the whole-song round trip at the default
    spectrogram Config: STFT -> chunked encode -> decode -> inverse STFT with the source phase, the
-   path ``migrate.py`` runs (``utils.codec.Codec.reconstruct``).
+   path ``migrate.py`` runs (``utils.runs.codec.Codec.reconstruct``).
 2. encode + decode of a batch of R-spec patches, SinGlow-TF2 against ``tfp.bijectors.Glow``,
    timed alternately in one process on the same batch.
 3. Peak resident memory (VmHWM) of the whole-song round trip for 1-, 4- and 16-minute songs, each
@@ -36,9 +36,9 @@ import tensorflow as tf
 
 from common_definitions import Config
 from model import Glow
-from utils.codec import Codec
-from utils.demo_data import random_melody, synthesize_song
-from utils.features import FeatureStats
+from utils.audio.features import FeatureStats
+from utils.data.demo_data import random_melody, synthesize_song
+from utils.runs.codec import Codec
 
 
 def make_song(seconds: float, sampling_rate: int, seed: int = 0) -> np.ndarray:

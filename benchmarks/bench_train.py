@@ -46,8 +46,8 @@ import tensorflow as tf
 
 from common_definitions import Config
 from pipeline import Trainer
-from utils.features import FeatureStats
-from utils.training_data import TrainingData
+from utils.audio.features import FeatureStats
+from utils.training.data import TrainingData
 
 
 def reference_config(ref, workdir: str) -> Config:
@@ -131,7 +131,7 @@ def compare_precision(args) -> None:
     """float32 against ``args.precision`` training: steps/s and float32 validation bits/dim."""
     workdir = tempfile.mkdtemp(prefix="bench_precision_")
     if not args.data_dir:
-        from utils.demo_data import make_demo_corpus
+        from utils.data.demo_data import make_demo_corpus
 
         corpus = make_demo_corpus(os.path.join(workdir, "audio"), seed=args.corpus_seed)
         args.data_dir = [os.path.dirname(paths[0]) for paths in corpus.values()]

@@ -44,10 +44,12 @@ def modules() -> Dict[str, str]:
         if name.endswith(".py"):
             stem = name[:-3]
             found[stem] = TOP_LEVEL.get(stem, "programs")
-    for name in sorted(os.listdir(os.path.join(ROOT, "utils"))):
-        if name.endswith(".py") and name != "__init__.py":
-            module = f"utils.{name[:-3]}"
-            found[module] = TOP_LEVEL.get(module, "utilities")
+    for folder, _, names in sorted(os.walk(os.path.join(ROOT, "utils"))):
+        package = os.path.relpath(folder, ROOT).replace(os.sep, ".")
+        for name in sorted(names):
+            if name.endswith(".py") and name != "__init__.py":
+                module = f"{package}.{name[:-3]}"
+                found[module] = TOP_LEVEL.get(module, "utilities")
     return found
 
 

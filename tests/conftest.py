@@ -51,7 +51,7 @@ def copy_run(config, folder, **changes):
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory):
     """Two 3-second songs per demo singer: ``virtual`` and ``real`` folders, ``data_dirs``."""
-    from utils.demo_data import make_demo_corpus
+    from utils.data.demo_data import make_demo_corpus
 
     root = tmp_path_factory.mktemp("demo_corpus")
     make_demo_corpus(root=str(root / "audio"), songs_per_singer=2, song_seconds=3.0)

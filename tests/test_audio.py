@@ -1,4 +1,4 @@
-"""utils/audio.py and utils/features.py on real files written here: decoding, checks, STFT,
+"""utils/audio/signal.py and utils/audio/features.py on real files written here: decoding, checks, STFT,
 features and inverses."""
 
 import struct
@@ -10,9 +10,10 @@ import soundfile as sf
 import tensorflow as tf
 
 from common_definitions import Config
-from utils import audio, features
-from utils.audio import AudioError
-from utils.features import FeatureStats
+from utils.audio import features
+from utils.audio import signal as audio
+from utils.audio.features import FeatureStats
+from utils.audio.signal import AudioError
 from utils.files import is_audio_file
 
 RATE = 16000

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from common_definitions import Config
-from utils.eq_baseline import BinStats, eq_song, song_bin_stats
-from utils.frame_judge import FrameJudge
-from utils.metrics import snr_db
+from utils.evaluation.frame_judge import FrameJudge
+from utils.evaluation.metrics import snr_db
+from utils.migration.eq_baseline import BinStats, eq_song, song_bin_stats
 
 RATE = 16000
 

@@ -205,7 +205,7 @@ def test_import_model_does_not_import_tensorflow_probability():
     code = "\n".join([
         "import sys, model",
         "assert 'tensorflow_probability' not in sys.modules",
-        "assert model.GlowBijector.__module__ == 'utils.bijector'",
+        "assert model.GlowBijector.__module__ == 'utils.flow.bijector'",
         "assert 'tensorflow_probability' in sys.modules",
         "assert not hasattr(model, 'NoSuchThing')",
     ])

@@ -44,7 +44,7 @@ def test_a_conditional_run_trains_on_singer_ids_and_saves_its_singer_map(conditi
     # SingerNorm was set from the first batches, each singer's sounding frames standardised,
     # and is not trained (neither is the embedding it is a function of).
     from pipeline import SINGER_NORM_BATCHES
-    from utils.features import sounding_frames
+    from utils.audio.features import sounding_frames
 
     model = trainer.model
     assert config.singer_norm and model.input_norm is not None and model.is_initialized()
@@ -96,15 +96,15 @@ TINY_RATE = Config().sampling_rate
 
 @pytest.fixture(scope="module")
 def song(demo_corpus):
-    from utils.audio import load_audio
+    from utils.audio.signal import load_audio
 
     return load_audio(os.path.join(demo_corpus.virtual, "song_00.wav"), TINY_RATE)
 
 
 def test_the_codec_of_a_conditional_run_converts_and_classifies(conditional_run, song):
-    from utils.metrics import snr_db
-    from utils.migration_methods import MigrationError
-    from utils.run_folder import load_for_inference
+    from utils.evaluation.metrics import snr_db
+    from utils.migration.latent_moves import MigrationError
+    from utils.runs.run_folder import load_for_inference
 
     config, trainer, _ = conditional_run
     codec = load_for_inference(config.checkpoint_dir)
@@ -145,7 +145,7 @@ def test_the_codec_of_a_conditional_run_converts_and_classifies(conditional_run,
 def test_migrate_cli_converts_and_refuses_what_cannot_be_converted(
         conditional_run, tiny_run, demo_corpus, song, tmp_path, capsys):
     import migrate
-    from utils.audio import load_audio
+    from utils.audio.signal import load_audio
 
     config, _, _ = conditional_run
     source = os.path.join(demo_corpus.virtual, "song_00.wav")
@@ -190,7 +190,7 @@ def test_migrate_cli_converts_and_refuses_what_cannot_be_converted(
                          "--method", "eq", "--reference", demo_corpus.real, "--strength", "0",
                          "--output", str(tmp_path / "eq.wav")])
     assert code == 0, capsys.readouterr().err
-    from utils.metrics import snr_db
+    from utils.evaluation.metrics import snr_db
 
     assert snr_db(song, load_audio(str(tmp_path / "eq.wav"), TINY_RATE)) >= 40.0
 

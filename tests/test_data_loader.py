@@ -16,8 +16,8 @@ import data_loader
 from common_definitions import Config
 from data_loader import DataError, SongDataLoader
 from tests.test_audio import tone
-from utils import records_writer
-from utils.features import FeatureStats
+from utils.audio.features import FeatureStats
+from utils.data import records_writer
 
 RATE = 16000
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

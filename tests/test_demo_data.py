@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from utils import demo_data
-from utils.demo_data import DEMO_SINGERS, Note, make_demo_corpus, random_melody, synthesize_song
-from utils.metrics import PITCH_HOP_SECONDS, compare_pitch, pitch_track
+from utils.data import demo_data
+from utils.data.demo_data import DEMO_SINGERS, Note, make_demo_corpus, random_melody, synthesize_song
+from utils.evaluation.metrics import PITCH_HOP_SECONDS, compare_pitch, pitch_track
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = 16000
@@ -213,7 +213,7 @@ def test_real_singer_has_vibrato_and_virtual_does_not(tracks):
 # ------------------------------------------------------------------ CLI
 def test_cli_writes_a_corpus(tmp_path):
     out = tmp_path / "cli"
-    command = [sys.executable, "-m", "utils.demo_data", "--out", str(out)]
+    command = [sys.executable, "-m", "utils.data.demo_data", "--out", str(out)]
     result = subprocess.run(command + ["--songs", "1", "--seconds", "1.5"],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

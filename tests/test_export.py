@@ -24,7 +24,7 @@ LOADER = textwrap.dedent("""
 
     saved = sys.argv[1]
     report = {"sys_path": sys.path}
-    for name in ("model", "export", "common_definitions", "utils.features"):
+    for name in ("model", "export", "common_definitions", "utils.audio.features"):
         try:
             importlib.import_module(name)
             report[name] = "importable"
@@ -67,7 +67,7 @@ def _run_export(*argv):
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory):
     """The tiny run exported by the CLI (verified), and the Codec of the run."""
-    from utils.run_folder import load_for_inference
+    from utils.runs.run_folder import load_for_inference
 
     out = tmp_path_factory.mktemp("export") / "saved"
     assert _run_export("--checkpoint_dir", tiny_run.config.checkpoint_dir, "--out", out) == 0
@@ -94,7 +94,7 @@ def test_plain_tensorflow_loads_the_export_and_reproduces_the_model(exported, ti
     assert not [p for p in report["sys_path"] if os.path.realpath(p or os.curdir) in (
         os.path.realpath(ROOT), os.path.realpath(tmp_path))]
     assert {report[name] for name in ("model", "export", "common_definitions",
-                                      "utils.features")} == {"missing"}
+                                      "utils.audio.features")} == {"missing"}
 
     # The Keras model, to float32 precision, and the round trip of a four-patch input to 1e-3.
     want_z, want_logdet = (t.numpy() for t in codec.model.encode(x))
@@ -140,7 +140,7 @@ def _ready(glow, x, singer=None):
 def test_a_conditional_model_exports_with_a_singer_input(tmp_path):
     from common_definitions import Config
     from model import Glow
-    from utils.features import FeatureStats
+    from utils.audio.features import FeatureStats
 
     config = Config(n_fft=14, hop_length=4, window_size=8, k_glow=1, l_glow=2, hidden_channels=8,
                     conditional=True, singer_dims=4)

@@ -1,4 +1,4 @@
-"""GEMM formulations of the coupling networks' thin convolutions (utils/flow_ops.py).
+"""GEMM formulations of the coupling networks' thin convolutions (utils/flow/ops.py).
 
 They must be the same function as ``tf.nn.conv2d(..., padding='SAME')``, with the same gradients,
 and a flow built on them must keep its exact inverse and its brute-force log-determinant.
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import utils.flow_layers as model_module
+import utils.flow.layers as model_module
 from model import AffineCoupling, Glow
-from utils.flow_ops import conv_from_few, conv_to_few
+from utils.flow.ops import conv_from_few, conv_to_few
 
 from test_model import _brute_force_logdet, _perturb
 

@@ -1,4 +1,4 @@
-"""Folder migration: ``migrate.py --source DIR --output OUTDIR`` and utils/folder_migration.py.
+"""Folder migration: ``migrate.py --source DIR --output OUTDIR`` and utils/migration/folders.py.
 
 The planning, record and loop tests use a stand-in for the per-song work (no model); the
 end-to-end tests run ``migrate.main`` in-process on the session's tiny trained run and on a
@@ -18,9 +18,9 @@ import soundfile as sf
 
 import migrate
 from utils.errors import SinGlowError
-from utils.folder_migration import (Console, FolderAbort, FolderError, FolderProgress, SongResult,
-                                    check_folders, is_complete, migrate_folder, output_stems,
-                                    plan_folder, read_record)
+from utils.migration.folders import (Console, FolderAbort, FolderError, FolderProgress, SongResult,
+                                     check_folders, is_complete, migrate_folder, output_stems,
+                                     plan_folder, read_record)
 
 RATE = 16000  # the demo corpus's and the tiny configuration's sampling rate (Hz)
 
@@ -200,7 +200,7 @@ def unseen(tmp_path_factory):
     ``sub/third.mp3``, 2 s each: demo melodies of another seed) and two broken files
     (``notes.wav``, ``sub/lyrics.mp3``: text). The mp3 is encoded by soundfile (libsndfile 1.1+
     writes MPEG Layer III, as tests/test_audio.py relies on too)."""
-    from utils.demo_data import make_demo_corpus
+    from utils.data.demo_data import make_demo_corpus
 
     root = tmp_path_factory.mktemp("unseen")
     made = make_demo_corpus(root=str(root / "gen"), songs_per_singer=2, song_seconds=2.0,
@@ -225,8 +225,8 @@ def run_migrate(capsys, *args):
 
 def test_a_folder_of_unseen_songs_is_migrated_without_touching_it(
         tiny_run, demo_corpus, unseen, tmp_path, capsys, monkeypatch):
-    from utils.audio import load_audio
-    from utils.codec import Codec
+    from utils.audio.signal import load_audio
+    from utils.runs.codec import Codec
 
     before = snapshot(unseen.songs)
     out = tmp_path / "out"
@@ -273,7 +273,7 @@ def test_a_folder_of_unseen_songs_is_migrated_without_touching_it(
 
 def test_eq_over_a_folder_computes_the_per_bin_statistics_once_and_redoes_stale_outputs(
         tiny_run, demo_corpus, unseen, tmp_path, capsys, monkeypatch):
-    import utils.migration_targets as targets
+    import utils.migration.targets as targets
 
     passes = []
     original = targets.bin_stats
@@ -369,7 +369,7 @@ def conditional_checkpoint(tiny_records, tmp_path_factory):
 
 def test_a_conditional_checkpoint_picks_each_songs_singer_and_keeps_statistics_per_singer(
         conditional_checkpoint, demo_corpus, unseen, tmp_path, capsys, monkeypatch):
-    from utils.codec import Codec
+    from utils.runs.codec import Codec
 
     songs = tmp_path / "songs"
     songs.mkdir()

@@ -1,13 +1,13 @@
-"""utils/harmonic_band.py: changes below the band keep the source's harmonics, above it they are
+"""utils/migration/harmonic_band.py: changes below the band keep the source's harmonics, above it they are
 whole; and the eq baseline with and without the band."""
 
 import numpy as np
 import pytest
 
 from common_definitions import Config
-from utils.eq_baseline import BinStats, eq_song
-from utils.harmonic_band import RAMP_HZ, envelope, keep_harmonics
-from utils.metrics import snr_db
+from utils.evaluation.metrics import snr_db
+from utils.migration.eq_baseline import BinStats, eq_song
+from utils.migration.harmonic_band import RAMP_HZ, envelope, keep_harmonics
 
 RATE, BINS = 16000, 256
 FREQS = np.linspace(0.0, RATE / 2.0, BINS)
@@ -69,7 +69,7 @@ def voiced():
 
 
 def test_eq_with_the_band_is_exact_at_strength_0_and_changes_less_below_the_band(voiced):
-    from utils.audio import spectrogram
+    from utils.audio.signal import spectrogram
 
     config, song, noise = voiced
     reference = BinStats.empty(config.n_bins).add(spectrogram(noise, config)[0].numpy())

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from utils.demo_data import DEMO_SINGERS, make_demo_corpus
-from utils.metrics import (
+from utils.data.demo_data import DEMO_SINGERS, make_demo_corpus
+from utils.evaluation.metrics import (
     SingerClassifier,
     bits_per_dim_from_log_prob,
     compare_pitch,

@@ -35,7 +35,7 @@ def _assert_one_line_error(result, *fragments):
 def setup(tmp_path_factory):
     """A checkpoint trained for a few steps by pipeline.Trainer on a small demo corpus."""
     from pipeline import Trainer
-    from utils.demo_data import make_demo_corpus
+    from utils.data.demo_data import make_demo_corpus
 
     root = tmp_path_factory.mktemp("cli")
     paths = make_demo_corpus(str(root / "demo"), songs_per_singer=2, song_seconds=6.0)
@@ -51,8 +51,8 @@ def setup(tmp_path_factory):
 
 
 def test_migrates_at_strength_zero_exactly_and_writes_wav_png_and_stats(setup):
-    from utils.audio import load_audio
-    from utils.metrics import snr_db
+    from utils.audio.signal import load_audio
+    from utils.evaluation.metrics import snr_db
 
     root, out, stats = setup["root"], setup["root"] / "zero.wav", setup["root"] / "ref.npz"
     result = _migrate("--checkpoint_dir", setup["ck"], "--source", setup["source"],
@@ -79,7 +79,7 @@ def test_migrates_at_strength_zero_exactly_and_writes_wav_png_and_stats(setup):
 
 
 def test_a_source_shorter_than_one_patch_is_padded_with_a_warning(setup):
-    from utils.audio import load_audio, save_wav
+    from utils.audio.signal import load_audio, save_wav
 
     config = setup["config"]
     short = setup["root"] / "short.wav"
@@ -94,7 +94,7 @@ def test_a_source_shorter_than_one_patch_is_padded_with_a_warning(setup):
 
 
 def test_silent_source_is_a_one_line_error(setup):
-    from utils.audio import save_wav
+    from utils.audio.signal import save_wav
 
     silent = setup["root"] / "silent.wav"
     config = setup["config"]
@@ -114,7 +114,7 @@ def test_empty_reference_folder_is_a_one_line_error(setup):
 
 
 def test_statistics_of_another_model_are_refused(setup):
-    from utils.latent_stats import LatentStats
+    from utils.runs.latent_stats import LatentStats
 
     other = setup["config"].replace(hidden_channels=16)
     stats = LatentStats(other, [(128, 2), (64, 8)])

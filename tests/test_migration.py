@@ -1,7 +1,7 @@
-"""Migration: the methods' algebra (utils/migration_methods.py), streaming statistics and their
-persistence (utils/latent_stats.py), chunked whole-song processing (utils/song_chunks.py,
-utils/codec.py), and (with a small model trained here) migration on the demo corpus
-(utils/migration.py, evaluate.py)."""
+"""Migration: the methods' algebra (utils/migration/latent_moves.py), streaming statistics and their
+persistence (utils/runs/latent_stats.py), chunked whole-song processing (utils/runs/song_chunks.py,
+utils/runs/codec.py), and (with a small model trained here) migration on the demo corpus
+(utils/migration/registry.py, evaluate.py)."""
 
 import math
 import os
@@ -12,12 +12,13 @@ import tensorflow as tf
 
 from common_definitions import Config
 from model import Glow
-from utils import latent_stats, migration, song_chunks
-from utils import migration_methods as methods
-from utils.audio import AudioError, load_audio
-from utils.codec import Codec
-from utils.features import FeatureStats
-from utils.metrics import snr_db
+from utils.audio.features import FeatureStats
+from utils.audio.signal import AudioError, load_audio
+from utils.evaluation.metrics import snr_db
+from utils.migration import latent_moves as methods
+from utils.migration import registry as migration
+from utils.runs import latent_stats, song_chunks
+from utils.runs.codec import Codec
 
 # A toy latent layout: two levels, (w, c) per level, like model.latent_shapes.
 LAYOUT = [(4, 2), (2, 4)]
@@ -233,7 +234,7 @@ def test_crossfade_has_no_steps_at_chunk_boundaries():
 # ----------------------------------------------------------------------------- whole songs
 @pytest.fixture(scope="module")
 def demo_paths(tmp_path_factory):
-    from utils.demo_data import make_demo_corpus
+    from utils.data.demo_data import make_demo_corpus
 
     return make_demo_corpus(str(tmp_path_factory.mktemp("demo")), songs_per_singer=4,
                             song_seconds=8.0)
@@ -405,9 +406,9 @@ def trained(tmp_path_factory):
     songs 0-4 of each demo singer; song 5 of each is held out of training, of the reference
     statistics and of the singer classifier."""
     from pipeline import Trainer
-    from utils.run_folder import load_for_inference
-    from utils.demo_data import make_demo_corpus
-    from utils.metrics import SingerClassifier
+    from utils.data.demo_data import make_demo_corpus
+    from utils.evaluation.metrics import SingerClassifier
+    from utils.runs.run_folder import load_for_inference
 
     root = tmp_path_factory.mktemp("trained")
     paths = make_demo_corpus(str(root / "demo"), songs_per_singer=6, song_seconds=20.0)
@@ -432,7 +433,7 @@ def trained(tmp_path_factory):
 
 
 def test_match_moves_a_held_out_song_toward_the_real_singer_and_keeps_its_pitch(trained):
-    from utils.metrics import pitch_metrics
+    from utils.evaluation.metrics import pitch_metrics
 
     codec, config = trained["codec"], trained["config"]
     source = trained["songs"]["virtual"][5]

@@ -1,4 +1,4 @@
-"""Mixed-precision training (utils/precision.py): the train step's convolutions in bf16 or fp16,
+"""Mixed-precision training (utils/training/precision.py): the train step's convolutions in bf16 or fp16,
 everything else float32, and inference exactly float32 whatever precision trained the weights."""
 
 import numpy as np
@@ -8,10 +8,10 @@ import tensorflow as tf
 from common_definitions import Config
 from model import Glow
 from pipeline import Trainer
-from utils.features import FeatureStats
-from utils.precision import GROWTH_INTERVAL, INITIAL_LOSS_SCALE, MixedPrecision
-from utils.run_folder import load_for_inference
-from utils.training_data import TrainingData
+from utils.audio.features import FeatureStats
+from utils.runs.run_folder import load_for_inference
+from utils.training.data import TrainingData
+from utils.training.precision import GROWTH_INTERVAL, INITIAL_LOSS_SCALE, MixedPrecision
 
 SHAPE = (16, 32, 1)
 

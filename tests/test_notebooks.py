@@ -88,7 +88,7 @@ def run(tmp_path_factory):
     """A tiny demo corpus (2 songs x 3 s per singer) and a 12-step checkpoint trained on it."""
     from common_definitions import Config
     from pipeline import Trainer
-    from utils.demo_data import make_demo_corpus
+    from utils.data.demo_data import make_demo_corpus
 
     root = tmp_path_factory.mktemp("notebooks")
     make_demo_corpus(root=str(root / "audio"), songs_per_singer=2, song_seconds=3.0)

@@ -30,10 +30,10 @@ from pipeline import (
     cluster_size,
     spectrogram_image,
 )
-from utils.run_folder import load_for_inference
-from utils.features import FeatureStats
+from utils.audio.features import FeatureStats
+from utils.runs.run_folder import load_for_inference
 from tests.conftest import copy_run as shared_copy_run
-from utils.metrics import snr_db
+from utils.evaluation.metrics import snr_db
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -271,9 +271,9 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from common_definitions import Config
 from pipeline import Trainer
-from utils.features import FeatureStats
-from utils.training_data import TrainingData
-from utils.validation import Validator
+from utils.audio.features import FeatureStats
+from utils.training.data import TrainingData
+from utils.training.validation import Validator
 
 # clip_norm is out of reach: a gradient summed twice would then show in Adam's moments.
 # K=1 because tracing dominates the run time and grows with the number of flow steps.

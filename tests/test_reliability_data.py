@@ -26,7 +26,7 @@ import soundfile as sf
 import data_loader
 from common_definitions import Config
 from data_loader import DataError, SongDataLoader
-from utils import records_writer
+from utils.data import records_writer
 from utils.errors import RefusedError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,7 +111,7 @@ def env():
 SLOW = """
 import os, sys, time
 import data_loader
-from utils import records_writer
+from utils.data import records_writer
 
 marker, hold_at, go = os.environ["MARKER"], int(os.environ["HOLD_AT"]), os.environ["GO"]
 real_load, started = records_writer.load_audio, []
@@ -462,7 +462,7 @@ def test_fifos_sockets_devices_and_unreadable_places_are_skipped_and_named(
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    monkeypatch.setattr("utils.audio.open", opener, raising=False)
+    monkeypatch.setattr("utils.audio.signal.open", opener, raising=False)
     records = str(tmp_path / "records")
     try:
         capsys.readouterr()
@@ -499,8 +499,8 @@ def test_fifos_sockets_devices_and_unreadable_places_are_skipped_and_named(
 
 # ---------------------------------------------------------------------------------- own outputs
 def test_a_runs_outputs_inside_a_data_folder_are_never_read_as_songs(tmp_path, capsys):
-    from utils.distribute import TaskInfo
-    from utils.training_data import prepare_training_data
+    from utils.training.data import prepare_training_data
+    from utils.training.distribute import TaskInfo
 
     corpus = make_corpus(tmp_path / "audio")
     real = corpus.dirs[0]
@@ -547,7 +547,8 @@ def test_a_runs_outputs_inside_a_data_folder_are_never_read_as_songs(tmp_path, c
 # ---------------------------------------------------------------------------------- world cache
 def test_a_damaged_world_cache_shard_is_recomputed_and_refused_until_then(tmp_path, monkeypatch):
     pytest.importorskip("pyworld")
-    from utils import world_features, world_records
+    from utils.audio import world as world_features
+    from utils.data import world_cache as world_records
 
     corpus = make_corpus(tmp_path / "audio", per_singer=2)
     config = CONFIG.replace(feature="world", world_dims=16, window_size=16)

@@ -23,7 +23,7 @@ import evaluate
 import migrate
 from common_definitions import Config
 from utils import resources
-from utils.audio import save_wav
+from utils.audio.signal import save_wav
 from utils.files import WriteFailed, atomic_write, atomic_write_text
 
 

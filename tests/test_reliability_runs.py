@@ -36,10 +36,10 @@ import tensorflow as tf
 
 import train
 from tests.conftest import copy_run, tiny_config
-from utils.checkpoint_files import CheckpointDamaged, CheckpointMismatch, write_index
-from utils.features import FeatureStats
+from utils.audio.features import FeatureStats
 from utils.files import replace_folder, settle_folder
-from utils.run_folder import RunFolder, SaveFailed, check_checkpoint_dir, load_for_inference
+from utils.runs.checkpoint_files import CheckpointDamaged, CheckpointMismatch, write_index
+from utils.runs.run_folder import RunFolder, SaveFailed, check_checkpoint_dir, load_for_inference
 
 
 
@@ -287,10 +287,10 @@ def test_a_run_folder_from_before_the_tie_still_loads(run, tiny_run, tmp_path):
 def test_reference_statistics_of_other_weights_are_refused(run, tiny_run, demo_corpus,
                                                            tmp_path, capsys):
     import migrate
-    from utils.folder_migration import Console
-    from utils.latent_stats import LatentStats, weights_fingerprint
-    from utils.migration_methods import MigrationError
-    from utils.migration_targets import StatsSource, compute_stats, open_stats
+    from utils.migration.folders import Console
+    from utils.migration.latent_moves import MigrationError
+    from utils.migration.targets import StatsSource, compute_stats, open_stats
+    from utils.runs.latent_stats import LatentStats, weights_fingerprint
 
     latest = load_for_inference(run.ck)  # ckpt-12's weights
     stats = compute_stats(StatsSource("reference", None, demo_corpus.real), latest,

@@ -37,7 +37,7 @@ import soundfile as sf
 import tensorflow as tf
 
 from common_definitions import Config
-from utils.demo_data import make_demo_corpus
+from utils.data.demo_data import make_demo_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATE = 8000
@@ -374,7 +374,7 @@ def test_another_model_or_a_folder_under_a_file_is_refused_after_the_run(killed_
 
 
 def test_migrate_cli_works_on_a_valid_file_of_the_mixed_folder(killed_run, corpus, tmp_path):
-    from utils.audio import load_audio
+    from utils.audio.signal import load_audio
 
     source = os.path.join(corpus.virtual, "stereo 8-bit.wav")
     output = tmp_path / "migrated é.wav"
@@ -412,7 +412,7 @@ def test_migrate_refuses_each_bad_file_of_the_mixed_folder_on_one_line(killed_ru
                               fragment.split(" at ")[0])
     assert not os.path.exists(tmp_path / "never.wav")
 
-    from utils.audio import load_audio
+    from utils.audio.signal import load_audio
 
     blip = os.path.join(corpus.virtual, "blip.wav")
     status, err = run(blip, tmp_path / "blip.wav")
@@ -603,7 +603,7 @@ def test_isolated_nan_and_inf_batches_are_skipped_counted_and_never_reach_the_we
 def test_a_run_of_non_finite_steps_stops_with_one_line_and_the_last_checkpoint_intact(
         poisoned_run, records):
     from data_loader import SongDataLoader
-    from utils.run_folder import load_for_inference
+    from utils.runs.run_folder import load_for_inference
 
     result = poisoned_run.result
     line = assert_one_line_error(result.returncode, result.stderr, "train.py",
@@ -654,8 +654,8 @@ def test_refused_before_any_work_with_nothing_created(case, corpus, tmp_path):
 MEMORY = """
 import json, sys, time
 import numpy as np
-from utils.run_folder import load_for_inference
-from utils import migration
+from utils.migration import registry as migration
+from utils.runs.run_folder import load_for_inference
 
 
 def status(field):

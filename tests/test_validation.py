@@ -1,4 +1,4 @@
-"""The validation curve (utils/validation.py): which songs are held out and how that is kept, the
+"""The validation curve (utils/training/validation.py): which songs are held out and how that is kept, the
 held-out bits/dim every epoch, best/ and early stopping.
 
 One tiny run that holds out one song per singer (module fixture ``validated``) is shared by the
@@ -17,9 +17,9 @@ import tensorflow as tf
 from data_loader import SongDataLoader
 from pipeline import Trainer
 from tests.conftest import copy_run, tiny_config
-from utils.records import aligned_step
-from utils.run_folder import load_for_inference
-from utils.validation import (
+from utils.data.records import aligned_step
+from utils.runs.run_folder import load_for_inference
+from utils.training.validation import (
     ValidationMetrics,
     ValidationSplit,
     choose_split,
@@ -97,7 +97,7 @@ def test_validation_dirs_hold_out_their_songs_and_are_checked(records, demo_corp
     split = choose_split(config, records)
     assert split.how == "dirs" and {records.song_labels[p] for p in split.held_out} == {"real"}
     assert len(split.held_out) == 2
-    from utils.records import DataError
+    from utils.data.records import DataError
 
     with pytest.raises(DataError, match="singer"):  # a conditional model trains every singer
         choose_split(config.replace(conditional=True), records)

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from common_definitions import Config
-from utils.audio import load_audio
-from utils.features import FeatureStats, features_to_song, song_to_features
-from utils.metrics import compare_pitch, pitch_track, snr_db
-from utils.migration_methods import MigrationError
+from utils.audio.features import FeatureStats, features_to_song, song_to_features
+from utils.audio.signal import load_audio
+from utils.evaluation.metrics import compare_pitch, pitch_track, snr_db
+from utils.migration.latent_moves import MigrationError
 
 pytest.importorskip("pyworld")
 
-from utils import world_features  # noqa: E402
+from utils.audio import world as world_features  # noqa: E402
 
 WORLD = Config(feature="world", world_dims=16, window_size=16, k_glow=2, l_glow=2,
                hidden_channels=8)
@@ -57,7 +57,7 @@ def test_analysis_is_a_frame_per_hop_and_synthesis_keeps_the_melody(song):
 
 
 def test_a_spiking_envelope_is_bounded_where_it_spikes_and_sounding_frames_found(song):
-    from utils.features import sounding_frames
+    from utils.audio.features import sounding_frames
 
     analysis = world_features.analyse(song, WORLD)
     features = analysis.features
@@ -86,7 +86,7 @@ def test_a_spiking_envelope_is_bounded_where_it_spikes_and_sounding_frames_found
 
 
 def test_world_statistics_have_a_channel_each_and_persist(song, tmp_path):
-    from utils.features import MomentSum
+    from utils.audio.features import MomentSum
 
     moments = MomentSum(WORLD)
     moments.add(song)
@@ -106,7 +106,7 @@ def test_world_statistics_have_a_channel_each_and_persist(song, tmp_path):
 
 def test_a_world_flow_decodes_what_it_encoded_to_worlds_own_resynthesis(song):
     from model import Glow
-    from utils.codec import Codec
+    from utils.runs.codec import Codec
 
     model = Glow.from_config(WORLD)
     rng = np.random.default_rng(0)
@@ -140,7 +140,7 @@ def world_run(tmp_path_factory):
 
     from pipeline import Trainer
     from tests.conftest import tiny_config
-    from utils.demo_data import make_demo_corpus
+    from utils.data.demo_data import make_demo_corpus
 
     folder = tmp_path_factory.mktemp("world_run")
     make_demo_corpus(root=str(folder / "audio"), songs_per_singer=3, song_seconds=4.0)
@@ -157,7 +157,8 @@ def world_run(tmp_path_factory):
 
 def test_world_records_cache_the_analysis_once(world_run, monkeypatch):
     from data_loader import SongDataLoader
-    from utils import world_features, world_records
+    from utils.audio import world as world_features
+    from utils.data import world_cache as world_records
 
     config, result, messages, _ = world_run
     assert result.step == 6 and np.isfinite(result.history[-1]["bits_per_dim"])
@@ -184,7 +185,7 @@ def test_world_records_cache_the_analysis_once(world_run, monkeypatch):
 
 
 def test_a_tiny_conditional_world_model_converts_and_keeps_the_melody(world_run, song):
-    from utils.run_folder import load_for_inference
+    from utils.runs.run_folder import load_for_inference
 
     config, _, _, _ = world_run
     codec = load_for_inference(config.checkpoint_dir).with_singer("real")
@@ -198,7 +199,7 @@ def test_a_tiny_conditional_world_model_converts_and_keeps_the_melody(world_run,
     pitch = compare_pitch(pitch_track(song, RATE)[0], pitch_track(converted, RATE)[0])
     assert pitch["raw_pitch_accuracy"] >= 0.9, pitch  # the source's F0, whatever the envelope
     # So are the latent moves.
-    from utils.migration import migrate_song
+    from utils.migration.registry import migrate_song
 
     reference = codec.latent_stats([song])
     for strength in (0.0, 1.0):

@@ -247,7 +247,7 @@ def audio_files(folder: str, on_skip: Optional[Callable[[str, str], None]] = Non
     are not walked. The reason given for an unreadable folder is ``cannot read folder: <OS
     error>``; when it is ``folder`` itself, nothing under it is listed. Files are only listed,
     never opened (nor stat-ed): a FIFO named like a song is refused by the loader
-    (:func:`utils.audio.load_audio`) without blocking. Returns ``[]`` for a folder that holds no
+    (:func:`utils.audio.signal.load_audio`) without blocking. Returns ``[]`` for a folder that holds no
     audio; the caller decides whether that is an error.
     """
     excluded = {os.path.realpath(path) for path in exclude}

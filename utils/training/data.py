@@ -3,7 +3,7 @@
 :func:`prepare_training_data` brings the records up to date with ``config.data_dirs`` and
 ``config.validation_dirs`` (on the chief worker; the others wait at a barrier and read what it
 wrote, on shared storage), opens them, settles which songs are held out for validation
-(:mod:`utils.validation`) and chooses the feature normalisation:
+(:mod:`utils.training.validation`) and chooses the feature normalisation:
 
 - a resumed run: the statistics saved beside the checkpoint (so the model keeps seeing what it
   was trained on);
@@ -14,7 +14,7 @@ wrote, on shared storage), opens them, settles which songs are held out for vali
 The result never changes during the run. The run's own output folders (``--output_dir``,
 ``--checkpoint_dir``, ``--logdir``, ``--records_dir``) are never read as songs: those inside a
 data folder are left out of the walk (one warning line), and an output folder that *is* a data
-folder is refused (:func:`utils.records_writer.outputs_inside`). Making the records holds the
+folder is refused (:func:`utils.data.records_writer.outputs_inside`). Making the records holds the
 records folder's lock (:mod:`utils.locks`); a damaged shard is rebuilt, or left out with a
 warning when only reading them.
 """
@@ -29,10 +29,9 @@ import tensorflow as tf
 
 from common_definitions import Config
 from data_loader import Records, SongDataLoader
-from utils.distribute import Collectives
-from utils.features import FeatureStats
-from utils.records_writer import outputs_inside
-from utils.run_folder import (
+from utils.audio.features import FeatureStats
+from utils.data.records_writer import outputs_inside
+from utils.runs.run_folder import (
     CheckpointMismatch,
     check_checkpoint_dir,
     check_init_from,
@@ -41,7 +40,8 @@ from utils.run_folder import (
     read_singers,
     saved_feature_stats,
 )
-from utils.validation import ValidationSplit, settle_split
+from utils.training.distribute import Collectives
+from utils.training.validation import ValidationSplit, settle_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,7 @@ class TrainingData:
     """The records a run trains on (None for a run fed batches by hand, e.g. a benchmark), the
     :class:`FeatureStats` its patches are normalised with, for a conditional model its singer
     map (names in id order; empty when unconditional), and the songs it holds out for
-    validation (:class:`~utils.validation.ValidationSplit`; none by default)."""
+    validation (:class:`~utils.training.validation.ValidationSplit`; none by default)."""
 
     records: Optional[Records]
     stats: FeatureStats
@@ -106,7 +106,7 @@ def prepare_training_data(config: Config, collectives: Collectives,
 
     Raises:
         DataError: missing or empty folders, no usable song in the records, or a validation
-            split that cannot be made (see :func:`utils.validation.choose_split`).
+            split that cannot be made (see :func:`utils.training.validation.choose_split`).
         OutputIsDataFolder: an output folder is one of the data folders (a RefusedError).
         FolderLocked: another live run is making records in ``config.records_dir``.
         CheckpointMismatch: the checkpoint's (or ``--init_from``'s) ``feature_stats.json``,

@@ -13,7 +13,7 @@ included, lies between two frame centres (see :func:`stft`). The inverse divides
 overlap-added frames by the overlap-added squared window *per sample* (not by its steady-state
 value), which is what makes the edges exact. Griffin-Lim inverts a magnitude without a phase.
 
-The model's features (patches, whole songs, their normalisation) are in :mod:`utils.features`.
+The model's features (patches, whole songs, their normalisation) are in :mod:`utils.audio.features`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ TensorBoard tags (``config.logdir``): scalars ``nll`` (nats per patch), ``bits_p
 ``learning_rate``, ``skipped_steps``, ``steps_per_second``; once per epoch audio
 ``reconstruction`` and ``sample``, images ``reconstruction_spectrogram`` and
 ``sample_spectrogram``, the scalar ``reconstruction_snr_db`` and, when songs are held out
-(:mod:`utils.validation`), ``val_bits_per_dim`` and ``val_nll`` (nats per patch) of the held-out
+(:mod:`utils.training.validation`), ``val_bits_per_dim`` and ``val_nll`` (nats per patch) of the held-out
 songs.
 """
 
@@ -25,10 +25,10 @@ import numpy as np
 import tensorflow as tf
 
 from common_definitions import Config
-from utils.audio import save_wav, spectrogram
-from utils.features import FeatureStats, features_to_song, song_to_features
-from utils.metrics import snr_db
-from utils.plots import spectrogram_image
+from utils.audio.features import FeatureStats, features_to_song, song_to_features
+from utils.audio.signal import save_wav, spectrogram
+from utils.evaluation.metrics import snr_db
+from utils.evaluation.plots import spectrogram_image
 
 # Length of the clip reconstructed and sampled for TensorBoard and the output wavs: long enough
 # to hear a phrase, short enough that Griffin-Lim on it costs a second or two per epoch.
@@ -52,7 +52,7 @@ class Clips:
 
 def summary_clip(records, config: Config) -> Tuple[np.ndarray, str]:
     """``SUMMARY_SECONDS`` (or all, when shorter) from the middle of the first song of
-    ``records`` (a :class:`~utils.records.Records`), float32, and the song's label."""
+    ``records`` (a :class:`~utils.data.records.Records`), float32, and the song's label."""
     song = next(iter(records.songs()))
     length = min(len(song.samples), int(SUMMARY_SECONDS * config.sampling_rate))
     start = (len(song.samples) - length) // 2
@@ -162,7 +162,7 @@ class TrainingReport:
 
     def epoch(self, epoch: int, step: int, metrics, validation=None) -> None:
         """The one line printed at the end of an epoch (its :class:`pipeline.StepMetrics`, and
-        the held-out :class:`utils.validation.ValidationMetrics` when the run validates:
+        the held-out :class:`utils.training.validation.ValidationMetrics` when the run validates:
         ``val B bits/dim``, with ``(best)`` when it is the lowest so far)."""
         val = "" if validation is None else (
             f", val {validation.bits_per_dim:.4f} bits/dim" + (" (best)" if validation.best else ""))
@@ -173,7 +173,7 @@ class TrainingReport:
 
     def validation(self, step: int, metrics) -> None:
         """``val_bits_per_dim`` and ``val_nll`` (nats per patch) of the held-out songs at
-        ``step`` (a :class:`utils.validation.ValidationMetrics`)."""
+        ``step`` (a :class:`utils.training.validation.ValidationMetrics`)."""
         if not self.is_chief or self._writer is None:
             return
         with self._writer.as_default(step=step):
@@ -185,7 +185,7 @@ class TrainingReport:
 
     def clips(self, model, data) -> Clips:
         """A reconstruction and a sample of ``SUMMARY_SECONDS`` from the middle of the first
-        song of ``data`` (the run's :class:`utils.training_data.TrainingData`: its records,
+        song of ``data`` (the run's :class:`utils.training.data.TrainingData`: its records,
         normalisation and singer ids) through ``model``."""
         self._clip = self._clip or summary_clip(data.records, self.config)
         samples, label = self._clip

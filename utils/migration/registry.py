@@ -1,21 +1,21 @@
 """Feature migration of a whole song: encode it, move its latents toward a reference set, decode.
 
 A song is encoded, its latents are moved toward the statistics of a reference set of songs (for
-example real singers) by one of the methods of :mod:`utils.migration_methods`, and the result is
+example real singers) by one of the methods of :mod:`utils.migration.latent_moves`, and the result is
 decoded back to audio with the source's phase. See ``design/migration.md`` for the reasoning. The
 pieces live in their own modules:
 
-- :mod:`utils.migration_methods`: the methods (pure NumPy), :data:`METHOD_NAMES`;
-- :mod:`utils.latent_stats`: the time-invariant latent statistics they move toward, and their
+- :mod:`utils.migration.latent_moves`: the methods (pure NumPy), :data:`METHOD_NAMES`;
+- :mod:`utils.runs.latent_stats`: the time-invariant latent statistics they move toward, and their
   ``.npz`` files;
-- :mod:`utils.song_chunks`: whole songs in crossfaded audio segments and feature chunks;
-- :mod:`utils.codec`: the model with its Config and normalisation, which does the chunked
-  encode -> move -> decode (:meth:`~utils.codec.Codec.transform`).
+- :mod:`utils.runs.song_chunks`: whole songs in crossfaded audio segments and feature chunks;
+- :mod:`utils.runs.codec`: the model with its Config and normalisation, which does the chunked
+  encode -> move -> decode (:meth:`~utils.runs.codec.Codec.transform`).
 
 This module joins them: :func:`migrate` runs any method of
-:data:`~utils.migration_methods.METHOD_NAMES` toward a :class:`MigrationTarget` (latent moves
+:data:`~utils.migration.latent_moves.METHOD_NAMES` toward a :class:`MigrationTarget` (latent moves
 through :func:`migrate_song`, the no-model baseline ``eq`` through
-:func:`utils.eq_baseline.eq_song`, ``convert`` through :meth:`utils.codec.Codec.convert`), and
+:func:`utils.migration.eq_baseline.eq_song`, ``convert`` through :meth:`utils.runs.codec.Codec.convert`), and
 :func:`bound_features` keeps the decoded features of a latent move inside the per-bin range of
 the source and the reference set (Glow's inverse can blow up on latents moved far from the
 data).
@@ -28,17 +28,17 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from utils.codec import Codec
-from utils.eq_baseline import BinStats, eq_song
-from utils.latent_stats import LatentStats
-from utils.migration_methods import (
+from utils.migration.eq_baseline import BinStats, eq_song
+from utils.migration.latent_moves import (
     METHOD_NAMES,
     NEEDS_SOURCE,
     MigrationError,
     apply_method,
     check_method,
 )
-from utils.song_chunks import default_chunking, segment_lengths
+from utils.runs.codec import Codec
+from utils.runs.latent_stats import LatentStats
+from utils.runs.song_chunks import default_chunking, segment_lengths
 
 __all__ = ["MigrationError", "MigrationResult", "MigrationTarget", "bound_features", "migrate",
            "migrate_song"]
@@ -99,7 +99,7 @@ def migrate_song(
 
     :meth:`Codec.transform` with ``apply_method(method, ...)`` as the latent move and
     :func:`bound_features` as the feature bound; on the world feature the move is rendered on
-    the source (:func:`utils.world_features.render_on_source`: strength 0 is the song itself),
+    the source (:func:`utils.audio.world.render_on_source`: strength 0 is the song itself),
     except when ``semitones`` transposes it.
 
     Args:
@@ -107,17 +107,17 @@ def migrate_song(
         samples: (N,) source audio at ``config.sampling_rate`` Hz (validated by
             :meth:`Codec.check`: silent or non-finite audio is refused, a song shorter than one
             patch is accepted with a warning).
-        method, strength: a :data:`~utils.migration_methods.METHOD_NAMES` name and its strength
+        method, strength: a :data:`~utils.migration.latent_moves.METHOD_NAMES` name and its strength
             (0 = identity, 1 = full).
         reference: the target set's statistics.
         source_stats: statistics of the source set for ``shift`` / ``match``; by default those
             of the source song itself (one extra encoding pass over it).
         griffin_lim: invert spectrograms with Griffin-Lim instead of reusing the source phase.
         chunk_steps, overlap_steps, batch_size: feature chunking and chunks per model call
-            (defaults: :func:`~utils.song_chunks.default_chunking`).
+            (defaults: :func:`~utils.runs.song_chunks.default_chunking`).
         segment_seconds, segment_overlap_seconds: audio segmentation (defaults
-            :data:`~utils.song_chunks.SEGMENT_SECONDS`,
-            :data:`~utils.song_chunks.SEGMENT_OVERLAP_SECONDS`).
+            :data:`~utils.runs.song_chunks.SEGMENT_SECONDS`,
+            :data:`~utils.runs.song_chunks.SEGMENT_OVERLAP_SECONDS`).
         semitones: transpose the melody (world feature only: its F0 is explicit).
 
     Returns:
@@ -157,15 +157,15 @@ class MigrationTarget:
     """What a method moves a song toward; each method uses one field.
 
     latent: the reference set's :class:`LatentStats` (``midpoint``, ``shift``, ``match``), in
-        the codec's coordinates (a conditional codec's :attr:`~utils.codec.Codec.singer`).
+        the codec's coordinates (a conditional codec's :attr:`~utils.runs.codec.Codec.singer`).
     bins: the reference set's per-bin log-STFT statistics (``eq``,
-        :func:`utils.eq_baseline.song_bin_stats`).
+        :func:`utils.migration.eq_baseline.song_bin_stats`).
     singer: the singer to convert to (``convert``; the codec encodes under its own singer).
-    source_moments: ``convert``'s :meth:`~utils.codec.Codec.convert` choice (``"singer"`` or
+    source_moments: ``convert``'s :meth:`~utils.runs.codec.Codec.convert` choice (``"singer"`` or
         ``"song"``; None: the feature's default).
     harmonic_hz: ``convert`` and ``eq``: the band (Hz) below which a change keeps the source's
-        harmonics (:mod:`utils.harmonic_band`); None: the method's default (convert's
-        :data:`~utils.harmonic_band.DEFAULT_HARMONIC_HZ` on spectrograms, 0 for eq, the
+        harmonics (:mod:`utils.migration.harmonic_band`); None: the method's default (convert's
+        :data:`~utils.migration.harmonic_band.DEFAULT_HARMONIC_HZ` on spectrograms, 0 for eq, the
         baseline as it is).
     """
 
@@ -179,7 +179,7 @@ class MigrationTarget:
 def migrate(codec: Codec, samples: np.ndarray, method: str, strength: float,
             target: MigrationTarget, source_stats: Optional[LatentStats] = None,
             **options) -> MigrationResult:
-    """Run ``method`` (any of :data:`~utils.migration_methods.METHOD_NAMES`) at ``strength`` on a
+    """Run ``method`` (any of :data:`~utils.migration.latent_moves.METHOD_NAMES`) at ``strength`` on a
     whole song ``samples (N,)``; strength 0 returns the source (to float32 precision).
 
     ``options`` are :func:`migrate_song`'s keyword arguments (``griffin_lim``, chunking,

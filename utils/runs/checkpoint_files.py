@@ -13,7 +13,7 @@ its own checkpoints. :func:`find_checkpoints` reads the folder itself, so that
 - a missing, garbled or stale index is replaced by what is on disk (the newest first);
 - a checkpoint whose files cannot be read (truncated, garbled) is skipped for the previous one
   by :func:`restore_newest`, with one warning line naming it (:func:`restore_model` does so
-  for inference and fine-tuning, :class:`utils.run_folder.RunFolder` for a resumed run).
+  for inference and fine-tuning, :class:`utils.runs.run_folder.RunFolder` for a resumed run).
 
 The tie: a digest of the statistics (:func:`stats_digest`) is saved in every checkpoint as the
 variable ``feature_stats_digest`` and in ``best/best.json``; :func:`check_stats_tie` refuses a
@@ -42,10 +42,10 @@ from utils.files import atomic_write_text
 
 if TYPE_CHECKING:
     from model import Glow
-    from utils.features import FeatureStats
+    from utils.audio.features import FeatureStats
 
 INDEX_NAME = "checkpoint"
-# The run folder's other weights and the files tied to them (utils/run_folder.py lists them all).
+# The run folder's other weights and the files tied to them (utils/runs/run_folder.py lists them all).
 WEIGHTS_NAME = "glow.weights.h5"
 STATS_NAME = "feature_stats.json"
 BEST_RECORD = "best.json"
@@ -305,7 +305,7 @@ def restore_model(model: Glow, checkpoint_dir: str,
 
 # --------------------------------------------------------------------- the normalisation's tie
 def stats_digest(stats) -> int:
-    """A 60-bit digest of a :class:`utils.features.FeatureStats`' normalisation (its ``mean``,
+    """A 60-bit digest of a :class:`utils.audio.features.FeatureStats`' normalisation (its ``mean``,
     ``std`` and channel layout), the same however the file holding it is formatted."""
     hasher = hashlib.sha256(f"channels={stats.channels};".encode())
     for values in (stats.mean, stats.std):

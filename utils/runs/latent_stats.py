@@ -7,7 +7,7 @@ flattened ``z`` of ``model.encode`` is these pieces concatenated in level order
 :class:`LatentStats` is one ``(level, w, c)`` position, and its mean and variance pool every time
 position of every patch. They therefore apply to a latent of any length, and one song alone has
 enough positions to estimate its own statistics. Updates use Chan's parallel combination in
-float64, so memory stays flat whatever the set's size; :class:`utils.codec.Codec` streams songs
+float64, so memory stays flat whatever the set's size; :class:`utils.runs.codec.Codec` streams songs
 through the model into them.
 
 Statistics are saved as ``.npz`` (:meth:`LatentStats.save`, format :data:`STATS_FORMAT_VERSION`)
@@ -30,7 +30,7 @@ import numpy as np
 
 from common_definitions import Config
 from utils.files import atomic_write
-from utils.migration_methods import MigrationError, Moments
+from utils.migration.latent_moves import MigrationError, Moments
 
 # Latent standard deviations are floored here (whitened units) so that a dimension that is
 # constant in a set (e.g. a silent source) cannot make ``std_ref / std_src`` blow up.
@@ -93,7 +93,7 @@ class LatentStats:
     as ``np.mean`` / ``np.var`` over all of it (to float64 rounding).
 
     ``feature_min`` / ``feature_max`` (W, C) hold the range of the normalised features the
-    latents were encoded from (see :func:`utils.migration.bound_features`).
+    latents were encoded from (see :func:`utils.migration.registry.bound_features`).
 
     The statistics belong to the model that produced the latents: ``config`` is stored with them,
     and :meth:`check` refuses a model whose :meth:`Config.model_signature` differs; ``weights``
@@ -107,7 +107,7 @@ class LatentStats:
         self._mean = [np.zeros(s, dtype=np.float64) for s in self.latent_shapes]
         self._m2 = [np.zeros(s, dtype=np.float64) for s in self.latent_shapes]
         # Per (W, C) range of the normalised features the latents came from: the envelope that
-        # utils.migration.migrate_song keeps decoded features inside (see bound_features).
+        # utils.migration.registry.migrate_song keeps decoded features inside (see bound_features).
         feature_shape = tuple(config.input_shape[1:])
         self.feature_min = np.full(feature_shape, np.inf)
         self.feature_max = np.full(feature_shape, -np.inf)

@@ -546,7 +546,7 @@ def make_demo_corpus(
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m utils.demo_data",
+        prog="python -m utils.data.demo_data",
         description="Write the synthetic demo corpus (virtual vs real singer, same melodies).")
     parser.add_argument("--out", default="runs/demo_data", help="output folder")
     parser.add_argument("--sampling_rate", type=int, default=16000, help="Hz")

@@ -13,9 +13,9 @@ from typing import Callable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from common_definitions import Config
-from utils.audio import AudioError, check_audio, load_audio
+from utils.audio.signal import AudioError, check_audio, load_audio
 from utils.files import AUDIO_EXTENSIONS, audio_files
-from utils.migration_methods import MigrationError
+from utils.migration.latent_moves import MigrationError
 
 
 def list_audio(folder: str) -> List[str]:

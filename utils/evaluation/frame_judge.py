@@ -1,6 +1,6 @@
 """A frame-level singer judge: one Gaussian mixture per singer on frame MFCCs and their deltas.
 
-:class:`utils.metrics.SingerClassifier` scores per-second *statistics* of MFCCs, so a global
+:class:`utils.evaluation.metrics.SingerClassifier` scores per-second *statistics* of MFCCs, so a global
 equaliser that moves a song's average spectrum can fool it. :class:`FrameJudge` scores every
 frame on its own: for each singer a diagonal-covariance GMM models the joint distribution of one
 frame's MFCCs and their deltas, and a song's score for a singer is the share of its (non-silent)

@@ -88,7 +88,7 @@ class StepMetrics:
     def history(self, epoch: int, step: int, validation=None) -> dict:
         """One epoch of :attr:`TrainResult.history`: these training means and, when the run
         validates, the held-out ``val_bits_per_dim`` and ``val_nll`` of ``validation`` (a
-        :class:`utils.validation.ValidationMetrics`; None without held-out songs)."""
+        :class:`utils.training.validation.ValidationMetrics`; None without held-out songs)."""
         return {"epoch": epoch, "step": step, "nll": self.nll, "bits_per_dim": self.bits_per_dim,
                 "z_mean": self.z_mean, "z_var": self.z_var, "skipped_steps": self.skipped,
                 "steps_per_second": self.steps_per_second,

@@ -1,23 +1,23 @@
 """The inference object: a trained Glow with its Config and feature normalisation, on whole songs.
 
-A :class:`Codec` is what :func:`utils.run_folder.load_for_inference` returns and what
+A :class:`Codec` is what :func:`utils.runs.run_folder.load_for_inference` returns and what
 ``migrate.py``, ``evaluate.py``, the notebooks and the benchmarks work with; none of them needs
-the model, the Config and the :class:`~utils.features.FeatureStats` separately, nor any training
+the model, the Config and the :class:`~utils.audio.features.FeatureStats` separately, nor any training
 code. It offers, for a song given as samples:
 
 - :meth:`Codec.encode` / :meth:`Codec.decode`: the whole song in one model call (the model is
   fully convolutional); exact inverses with the song's own STFT phase;
 - :meth:`Codec.transform`: encode -> ``move(z)`` -> decode through audio segments and feature
-  chunks (:mod:`utils.song_chunks`), so memory is flat in the song's length and the model only
+  chunks (:mod:`utils.runs.song_chunks`), so memory is flat in the song's length and the model only
   sees training-sized inputs; :meth:`Codec.reconstruct` is its identity;
 - :meth:`Codec.latent_stats` and :meth:`Codec.folder_latent_stats`: the
-  :class:`~utils.latent_stats.LatentStats` of songs or of a folder of songs, streamed over their
+  :class:`~utils.runs.latent_stats.LatentStats` of songs or of a folder of songs, streamed over their
   aligned, non-overlapping patches.
 
 Units: audio is mono float32 samples at ``config.sampling_rate`` Hz; features are normalised
 ``(T, W, C)`` arrays (T in STFT frames or folded samples); latents are whitened (~N(0, 1) under
 the model); log-determinants are in nats. This module imports no training code and not
-:mod:`utils.run_folder` (which imports it).
+:mod:`utils.runs.run_folder` (which imports it).
 """
 
 from __future__ import annotations
@@ -29,18 +29,20 @@ from typing import Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Seq
 import numpy as np
 
 from common_definitions import Config
-from utils.audio import AudioError, check_audio
-from utils.features import (
+from utils.audio.features import (
     FeatureStats,
     SongFeatures,
     features_to_song,
     song_to_features,
     sounding_frames,
 )
-from utils.harmonic_band import DEFAULT_HARMONIC_HZ, keep_harmonics
-from utils.latent_stats import LatentStats, weights_fingerprint
-from utils.migration_methods import MigrationError
-from utils.song_chunks import (
+from utils.audio.signal import AudioError, check_audio
+from utils.audio.world import bound_envelope
+from utils.data.song_folders import iter_folder_songs
+from utils.migration.harmonic_band import DEFAULT_HARMONIC_HZ, keep_harmonics
+from utils.migration.latent_moves import MigrationError
+from utils.runs.latent_stats import LatentStats, weights_fingerprint
+from utils.runs.song_chunks import (
     batched,
     default_chunking,
     iter_patches,
@@ -49,8 +51,6 @@ from utils.song_chunks import (
     segment_lengths,
     transform_features,
 )
-from utils.song_folders import iter_folder_songs
-from utils.world_features import bound_envelope
 
 # How far (in normalised units: training standard deviations per bin) converted features may
 # leave the source's per-bin range before they count as a blown-up inverse.
@@ -187,13 +187,13 @@ class Codec(SingerConditioning):
 
     @property
     def latent_shapes(self):
-        """``(w_l, c_l)`` per level: the layout of z (:func:`utils.latent_stats.piece_shapes`)."""
+        """``(w_l, c_l)`` per level: the layout of z (:func:`utils.runs.latent_stats.piece_shapes`)."""
         return self.model.latent_shapes
 
     # ---------------------------------------------------------------- features
     def features(self, samples: np.ndarray) -> SongFeatures:
         """Normalised features of a whole song ``samples (N,)``, with its phase
-        (:func:`utils.features.song_to_features`)."""
+        (:func:`utils.audio.features.song_to_features`)."""
         return song_to_features(samples, self.config, self.stats)
 
     def to_audio(self, x: np.ndarray, song: Optional[SongFeatures] = None,
@@ -202,7 +202,7 @@ class Codec(SingerConditioning):
         """Samples ``(N,)`` float32 from normalised features ``x (T, W, C)``; with ``song`` (what
         ``x`` came from) its length and, unless ``use_phase`` is False, its phase or (world) its
         F0 transposed by ``semitones``; world with ``on_source``: the change from ``song`` to
-        ``x`` rendered on the song's samples (:func:`utils.features.features_to_song`)."""
+        ``x`` rendered on the song's samples (:func:`utils.audio.features.features_to_song`)."""
         self._check_transpose(semitones)
         return features_to_song(x, self.config, self.stats, song=song, use_phase=use_phase,
                                 semitones=semitones, on_source=on_source)
@@ -216,7 +216,7 @@ class Codec(SingerConditioning):
               ) -> np.ndarray:
         """Validate a song to encode; returns it as float32 ``(N,)``.
 
-        Non-finite, empty or silent audio raises :class:`utils.audio.AudioError` (one line). A
+        Non-finite, empty or silent audio raises :class:`utils.audio.signal.AudioError` (one line). A
         song shorter than one patch is accepted, with a warning naming it ``name`` unless
         ``warn_short`` is False (a caller that only wants to fail early, before
         :meth:`transform` checks and warns): it is padded (by repeating it backwards) to one
@@ -276,9 +276,9 @@ class Codec(SingerConditioning):
     ) -> np.ndarray:
         """encode -> ``move(z)`` -> decode a whole song; returns ``(N,)`` float32 samples.
 
-        Per audio segment (:func:`~utils.song_chunks.render_in_segments`): features with the
+        Per audio segment (:func:`~utils.runs.song_chunks.render_in_segments`): features with the
         segment's phase -> encode, move, decode in crossfaded chunks
-        (:func:`~utils.song_chunks.transform_features`) -> ``bound`` -> audio with the segment's
+        (:func:`~utils.runs.song_chunks.transform_features`) -> ``bound`` -> audio with the segment's
         phase (or Griffin-Lim).
 
         Args:
@@ -287,18 +287,18 @@ class Codec(SingerConditioning):
             move: chunk latents ``(B, D)`` float32 -> moved latents of the same shape, each a
                 chunk of ``chunk_steps`` time steps; ``None`` is the identity.
             bound: ``(decoded, source)`` normalised features ``(T, W, C)`` of a segment ->
-                what is turned into audio (e.g. :func:`utils.migration.bound_features`).
+                what is turned into audio (e.g. :func:`utils.migration.registry.bound_features`).
             griffin_lim: invert spectrograms with Griffin-Lim instead of the source phase.
             chunk_steps, overlap_steps: feature chunking (defaults:
-                :func:`~utils.song_chunks.default_chunking`).
+                :func:`~utils.runs.song_chunks.default_chunking`).
             batch_size: chunks per model call; bounds the model's memory.
             segment_seconds, segment_overlap_seconds: audio segmentation (defaults
-                :data:`~utils.song_chunks.SEGMENT_SECONDS`,
-                :data:`~utils.song_chunks.SEGMENT_OVERLAP_SECONDS`).
+                :data:`~utils.runs.song_chunks.SEGMENT_SECONDS`,
+                :data:`~utils.runs.song_chunks.SEGMENT_OVERLAP_SECONDS`).
             decode_condition: a conditional model's conditioning vector ``(singer_dims,)`` to
                 decode under instead of :attr:`singer`'s (what :meth:`convert` does).
             on_source: world: render the change of each segment's features on the segment's
-                own samples (:func:`utils.world_features.render_on_source`), not WORLD's
+                own samples (:func:`utils.audio.world.render_on_source`), not WORLD's
                 resynthesis of the changed features.
             semitones: transpose the melody (the world feature, whose F0 is kept apart).
             prepare: a segment's normalised features ``(T, W, C)`` -> (what is encoded instead,
@@ -368,19 +368,19 @@ class Codec(SingerConditioning):
         otherwise.
 
         ``harmonic_hz`` (spectrograms; default
-        :data:`utils.harmonic_band.DEFAULT_HARMONIC_HZ`, 0 turns it off): below it the change
+        :data:`utils.migration.harmonic_band.DEFAULT_HARMONIC_HZ`, 0 turns it off): below it the change
         to the source's log-STFT is applied as its spectral envelope only
-        (:func:`utils.harmonic_band.keep_harmonics`), so the source's harmonics, which carry
+        (:func:`utils.migration.harmonic_band.keep_harmonics`), so the source's harmonics, which carry
         its pitch, keep their shape.
 
         A decoded value more than :data:`CONVERT_MARGIN` outside the per-bin range expected of
         the moment-matched source, or not finite, is replaced by the moment-matched source's
         value: the inverse can blow up off the data. For the world feature the decoded envelope
         is also kept per frequency bin within that source's range plus 6 dB
-        (:func:`utils.world_features.bound_envelope`).
+        (:func:`utils.audio.world.bound_envelope`).
 
         World conversions are rendered on the source
-        (:func:`utils.world_features.render_on_source`): the change WORLD's resynthesis
+        (:func:`utils.audio.world.render_on_source`): the change WORLD's resynthesis
         undergoes is added to the source's own STFT magnitude under its phase, so strength 0 is the source itself (not WORLD's resynthesis of it) and
         the source keeps what WORLD does not model."""
         self._need_condition()
@@ -461,7 +461,7 @@ class Codec(SingerConditioning):
     # ---------------------------------------------------------------- latents of aligned patches
     def patch_latents(self, samples: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """Whitened latents ``(P, D)`` of a song's aligned, non-overlapping patches of
-        ``config.window_size`` steps (:func:`~utils.song_chunks.iter_patches`: the incomplete
+        ``config.window_size`` steps (:func:`~utils.runs.song_chunks.iter_patches`: the incomplete
         tail is dropped; a song shorter than a patch gives one padded patch)."""
         song = self.features(samples)
         patches = iter_patches(song.x[:max(song.num_steps, 1)], self.config.input_shape[0])
@@ -497,7 +497,7 @@ class Codec(SingerConditioning):
         """:class:`LatentStats` of songs given as samples ``(N,)`` at ``config.sampling_rate``.
 
         Each song is featurised one disjoint segment at a time
-        (:func:`~utils.song_chunks.iter_segments`), so memory does not grow with its length.
+        (:func:`~utils.runs.song_chunks.iter_segments`), so memory does not grow with its length.
         """
         segment, _ = segment_lengths(self.config, segment_seconds, overlap_seconds=0.0)
         features = (self.features(piece) for samples in songs
@@ -508,7 +508,7 @@ class Codec(SingerConditioning):
     def folder_songs(self, folder: str, on_skip: Optional[Callable[[str, str], None]] = None
                      ) -> Iterator[Tuple[str, np.ndarray]]:
         """``(path, samples)`` of every song under ``folder`` usable at this Config
-        (:func:`utils.song_folders.iter_folder_songs`; others go to ``on_skip(path, reason)``)."""
+        (:func:`utils.data.song_folders.iter_folder_songs`; others go to ``on_skip(path, reason)``)."""
         return iter_folder_songs(folder, self.config, on_skip)
 
     def folder_latent_stats(self, folder: str, batch_size: int = 16,

@@ -32,7 +32,7 @@ class MigrationError(SinGlowError, ValueError):
 
 class Moments(NamedTuple):
     """Per-dimension ``mean`` and ``std`` (arrays broadcastable to the latent they move), as
-    :meth:`utils.latent_stats.LatentStats.moments` lays them out."""
+    :meth:`utils.runs.latent_stats.LatentStats.moments` lays them out."""
 
     mean: np.ndarray
     std: np.ndarray
@@ -77,8 +77,8 @@ NEEDS_SOURCE: Dict[str, bool] = {"midpoint": False, "shift": True, "match": True
 LATENT_METHODS: Tuple[str, ...] = tuple(METHODS)
 # The one list of method names (in this order) that the CLIs offer and the notebooks sweep: the
 # latent moves, the no-model baseline ``eq`` (per-bin log-STFT moment matching,
-# utils/eq_baseline.py) and ``convert`` (a singer-conditional model decodes under another
-# singer, utils/codec.py).
+# utils/migration/eq_baseline.py) and ``convert`` (a singer-conditional model decodes under another
+# singer, utils/runs/codec.py).
 METHOD_NAMES: Tuple[str, ...] = LATENT_METHODS + ("eq", "convert")
 
 

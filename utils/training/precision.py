@@ -3,7 +3,7 @@ step's convolutions, and fp16's dynamic loss scaling.
 
 What runs in low precision, and only inside the compiled train step
 (:meth:`model.Glow.train_encode`): the inputs, kernels and biases of every coupling network's
-three convolutions (also on the GEMM route of :mod:`utils.flow_ops`, whose ops accept bf16 and
+three convolutions (also on the GEMM route of :mod:`utils.flow.ops`, whose ops accept bf16 and
 fp16) and of every split prior's convolution; the conditioning of a conditional model is computed
 in float32 and cast. Each network's and prior's output is cast back to float32 before it becomes
 a shift, a scale or a Gaussian's mean and log-scale, so the rest stays float32: the variables

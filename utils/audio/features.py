@@ -3,7 +3,7 @@
 Both features (``Config.feature``) are shaped ``(H, W, C)`` with time on ``H``:
 
 - ``spectrogram``: ``log(|STFT| + log_floor)`` (natural log of a linear amplitude), frames x bins
-  x 1, with the STFT of :mod:`utils.audio`. Training patches are the frames of an unpadded slice
+  x 1, with the STFT of :mod:`utils.audio.signal`. Training patches are the frames of an unpadded slice
   of ``Config.patch_samples`` samples (``center=False``); a whole song uses the centred STFT and
   keeps its phase, so it can be turned back into the same audio.
 - ``waveform``: ``channel_size`` consecutive samples folded into channels:
@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from common_definitions import Config
-from utils.audio import (
+from utils.audio.signal import (
     StftShape,
     griffin_lim,
     log_magnitude,
@@ -134,7 +134,7 @@ def feature_moments(samples: np.ndarray, config: Config) -> Tuple[float, np.ndar
         count, total, squares = _spectrogram_moments(config)(tf.constant(samples, tf.float32))
         return float(count), total.numpy(), squares.numpy()
     if config.feature == "world":
-        from utils.world_features import analyse
+        from utils.audio.world import analyse
 
         return world_moments(analyse(samples, config).features)
     values = np.asarray(samples, np.float64)
@@ -280,13 +280,13 @@ def song_to_features(samples: np.ndarray, config: Config, stats: FeatureStats) -
     """Features of a whole song ``samples [N]`` (at ``config.sampling_rate``).
 
     Spectrogram: the centred STFT (``1 + ceil(N / hop)`` frames) with its phase. World: WORLD's
-    analysis, a frame per hop, with its F0 (:mod:`utils.world_features`). Waveform: the samples
+    analysis, a frame per hop, with its F0 (:mod:`utils.audio.world`). Waveform: the samples
     zero-padded to a multiple of ``channel_size`` and folded. ``T`` is then padded to a multiple
     of ``config.time_multiple`` (with silence, or the last frame for world).
     """
     samples = np.asarray(samples, np.float32).reshape(-1)
     if config.feature == "world":
-        from utils.world_features import analyse
+        from utils.audio.world import analyse
 
         analysis = analyse(samples, config)
         features = analysis.features
@@ -322,7 +322,7 @@ def frame_levels_db(x, config: Config, stats: FeatureStats) -> np.ndarray:
         amplitude = np.maximum(np.exp(raw[..., 0]) - config.log_floor, 0.0)
         power = np.sum(amplitude ** 2, axis=-1)
     elif config.feature == "world":
-        from utils.world_features import envelope_power
+        from utils.audio.world import envelope_power
 
         power = envelope_power(raw.reshape(-1, *raw.shape[2:]), config).reshape(raw.shape[:2])
     else:
@@ -361,17 +361,17 @@ def features_to_song(
 
     ``on_source`` (world, with ``song`` and no transposition): render the change from
     ``song.x`` to ``x`` on the song's own samples
-    (:func:`utils.world_features.render_on_source`) instead of resynthesising ``x``; ``x ==
+    (:func:`utils.audio.world.render_on_source`) instead of resynthesising ``x``; ``x ==
     song.x`` then returns the song itself.
     """
     features = stats.denormalize(np.asarray(x, np.float32))
     steps = song.num_steps if song is not None else len(features)
     features = features[:steps]
     if config.feature == "world":
-        from utils.world_features import synthesize
+        from utils.audio.world import synthesize
 
         if on_source and song is not None and song.samples is not None and not semitones:
-            from utils.world_features import render_on_source
+            from utils.audio.world import render_on_source
 
             source = stats.denormalize(np.asarray(song.x, np.float32))[:steps]
             return render_on_source(features, source, song.f0, song.samples, config)

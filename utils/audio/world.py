@@ -200,7 +200,7 @@ def render_on_source(features: np.ndarray, source_features: np.ndarray, f0: np.n
     breath noise of a converted aperiodicity, energy where the song had none) comes from WORLD.
     ``features == source_features`` gives ``samples`` back to float32 precision.
     """
-    from utils.audio import istft, stft
+    from utils.audio.signal import istft, stft
 
     samples = np.asarray(samples, np.float32).reshape(-1)
     num_samples = len(samples)

@@ -8,7 +8,7 @@ reuses it for every later song: the reference's latent statistics (``midpoint``,
 of a singer-conditional checkpoint are in the coordinates of the singer the songs are encoded
 under, so they are kept per source singer; per-bin statistics need no model and are computed once.
 
-Progress and skipped reference songs are reported on a :class:`utils.folder_migration.Console`
+Progress and skipped reference songs are reported on a :class:`utils.migration.folders.Console`
 (one line each, without tearing a progress bar).
 """
 
@@ -19,13 +19,13 @@ import os
 from typing import TYPE_CHECKING, Dict, NamedTuple, Optional, Tuple
 
 from utils.cli import CliError
-from utils.folder_migration import Console
+from utils.migration.folders import Console
 
 if TYPE_CHECKING:  # imported for real only when used (TensorFlow loads with the codec)
-    from utils.codec import Codec
-    from utils.eq_baseline import BinStats
-    from utils.latent_stats import LatentStats
-    from utils.migration import MigrationTarget
+    from utils.migration.eq_baseline import BinStats
+    from utils.migration.registry import MigrationTarget
+    from utils.runs.codec import Codec
+    from utils.runs.latent_stats import LatentStats
 
 
 class StatsSource(NamedTuple):
@@ -40,9 +40,9 @@ class StatsSource(NamedTuple):
 def open_stats(path: str, codec: "Codec", what: str) -> StatsSource:
     """Refuse unusable statistics before any work: an ``.npz`` is loaded (and refused when it
     belongs to another model, or to other weights than the codec's: see
-    :func:`utils.latent_stats.weights_fingerprint`); a folder must hold audio files."""
-    from utils.latent_stats import LatentStats, weights_fingerprint
-    from utils.song_folders import list_audio
+    :func:`utils.runs.latent_stats.weights_fingerprint`); a folder must hold audio files."""
+    from utils.data.song_folders import list_audio
+    from utils.runs.latent_stats import LatentStats, weights_fingerprint
 
     if os.path.isdir(path):
         list_audio(path)
@@ -70,7 +70,7 @@ def compute_stats(source: StatsSource, codec: "Codec", console: Console) -> "Lat
 def bin_stats(folder: str, codec: "Codec", console: Console) -> "BinStats":
     """Per-bin log-STFT statistics (nats) of every usable song under ``folder`` (the ``eq``
     target)."""
-    from utils.eq_baseline import song_bin_stats
+    from utils.migration.eq_baseline import song_bin_stats
 
     def skipped(song_path: str, reason: str) -> None:
         console.warn(f"reference: skipping {song_path}: {reason}")
@@ -100,12 +100,12 @@ class Targets:
 
     def of(self, codec: "Codec") -> Tuple["MigrationTarget", Optional["LatentStats"]]:
         """``(MigrationTarget, source statistics or None)`` for songs encoded under ``codec``
-        (under its :attr:`~utils.codec.Codec.singer` on a conditional checkpoint).
+        (under its :attr:`~utils.runs.codec.Codec.singer` on a conditional checkpoint).
 
         Raises:
             MigrationError: a reference or source folder without one usable song.
         """
-        from utils.migration import MigrationTarget
+        from utils.migration.registry import MigrationTarget
 
         args = self.args
         key = None if args.method in ("eq", "convert") else codec.singer

@@ -22,11 +22,11 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from utils.flow_ops import conv_from_few, conv_to_few
+from utils.flow.ops import conv_from_few, conv_to_few
 
 
 def _low_precision(compute_dtype) -> bool:
-    """True when a train step asks for its convolutions in bf16 or fp16 (utils/precision.py);
+    """True when a train step asks for its convolutions in bf16 or fp16 (utils/training/precision.py);
     None and float32 take the layers' float32 paths, the only ones inference uses."""
     return compute_dtype is not None and tf.as_dtype(compute_dtype) != tf.float32
 
@@ -267,7 +267,7 @@ class Invertible1x1Conv(FlowLayer):
 
 
 # Coupling networks conditioned on at most this many channels compute their thin convolutions as
-# GEMMs (utils/flow_ops.py): oneDNN's direct conv2d is slow to or from 1-4 channels, but fast
+# GEMMs (utils/flow/ops.py): oneDNN's direct conv2d is slow to or from 1-4 channels, but fast
 # enough from 8 on that the GEMMs' extra shifting ops no longer pay (benchmarks/bench_train.py).
 _GEMM_MAX_CONDITIONING_CHANNELS = 4
 
@@ -282,7 +282,7 @@ class ZeroConv2D(keras.layers.Layer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Tuple[int, int],
                  gemm: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.gemm = gemm  # compute as utils.flow_ops.conv_to_few (same values, faster when thin)
+        self.gemm = gemm  # compute as utils.flow.ops.conv_to_few (same values, faster when thin)
         self.kernel = self.add_weight(
             shape=(*kernel_size, in_channels, out_channels), initializer="zeros", name="kernel"
         )
@@ -311,7 +311,7 @@ class CouplingNetwork(keras.layers.Layer):
 
     ``kernel_size`` is (3, 3) for images and (3, 1) for waveforms (width 1), so no multiply is
     spent on padding. With at most ``_GEMM_MAX_CONDITIONING_CHANNELS`` input channels, the first
-    and last convolutions run as GEMMs (``utils.flow_ops``): the same function, computed faster.
+    and last convolutions run as GEMMs (``utils.flow.ops``): the same function, computed faster.
 
     With ``cond_dims > 0`` the network also takes a conditioning vector ``cond (B, cond_dims)``
     (a singer's embedding): a learned linear map of it is added to each hidden layer before its

@@ -1,6 +1,6 @@
 """The reading side of a records folder: one :class:`Records` object per folder.
 
-A records folder (made by :mod:`utils.records_writer`, through ``SongDataLoader.make``) holds
+A records folder (made by :mod:`utils.data.records_writer`, through ``SongDataLoader.make``) holds
 TFRecord shards of whole songs, ``manifest.json`` and the normalisation statistics of each feature
 made so far. :class:`Records` reads the manifest once, then serves the songs, their statistics and
 two ``tf.data`` pipelines of normalised patches: random windows for training, aligned windows for
@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from common_definitions import Config
-from utils.features import FeatureStats, MomentSum, patch_features
+from utils.audio.features import FeatureStats, MomentSum, patch_features
 from utils.errors import SinGlowError
 from utils.files import WriteFailed, file_digest
 
@@ -387,7 +387,7 @@ class Records:
         cached WORLD analyses (each song is analysed once, when the records are made)."""
         shards = sorted({e["shard"] for e in entries.values()})
         if self.config.feature == "world":
-            from utils.world_records import cached_stats
+            from utils.data.world_cache import cached_stats
 
             return cached_stats(self.records_dir, self.config, shards, source,
                                 keep=lambda path: path in entries)
@@ -469,7 +469,7 @@ class Records:
 
         parse = parse_record
         if world:  # the cached WORLD features of the same songs instead of their audio
-            from utils.world_records import song_source
+            from utils.data.world_cache import song_source
 
             shards, parse = song_source(self.records_dir, config, shards)
         ds = tf.data.Dataset.from_tensor_slices(shards)

@@ -21,9 +21,9 @@ from typing import Iterable, Optional
 import numpy as np
 
 from common_definitions import Config
-from utils.audio import spectrogram, spectrogram_to_audio
+from utils.audio.signal import spectrogram, spectrogram_to_audio
 from utils.errors import SinGlowError
-from utils.harmonic_band import keep_harmonics
+from utils.migration.harmonic_band import keep_harmonics
 
 # 60 dB of amplitude in nats of log-magnitude: frames below the loudest by more are silence.
 SILENCE_NATS = 60.0 / 20.0 * np.log(10.0)
@@ -91,7 +91,7 @@ def eq_song(samples: np.ndarray, config: Config, reference: BinStats, strength: 
 
     ``source`` defaults to the song's own statistics; the source phase is kept, so pitch and
     timing stay where they were. ``harmonic_hz > 0`` applies the change below that frequency as
-    its envelope only (:func:`utils.harmonic_band.keep_harmonics`, what ``convert`` does by
+    its envelope only (:func:`utils.migration.harmonic_band.keep_harmonics`, what ``convert`` does by
     default): not the baseline, the ablation that shows what the flow adds beside it.
     """
     samples = np.asarray(samples, np.float32).reshape(-1)

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from common_definitions import Config
-from utils.migration_methods import MigrationError
+from utils.migration.latent_moves import MigrationError
 
 
 # ----------------------------------------------------------------------------- feature chunks
@@ -125,7 +125,7 @@ def transform_features(
     Returns:
         (T, W, C) float32 features, every step covered; memory beyond ``x`` and the output is
         ``batch_size`` chunks. Non-finite decodes are passed through (see
-        :func:`utils.migration.bound_features`).
+        :func:`utils.migration.registry.bound_features`).
     """
     x = np.asarray(x, dtype=np.float32)
     total = len(x)

@@ -5,7 +5,7 @@ writes one TFRecord example per song into shards of about ``config.shard_size_se
 ``manifest.json`` (path -> size, mtime, label, status, length, shard or skip reason) makes re-runs
 incremental: an unchanged file is never decoded again, a changed one is, a removed one drops out.
 Unusable files are skipped with a one-line reason. The normalisation statistics of
-``config.feature`` are saved beside the records. The reading side is :mod:`utils.records`.
+``config.feature`` are saved beside the records. The reading side is :mod:`utils.data.records`.
 
 Reliability: one process at a time writes a records folder (:class:`utils.locks.FolderLock`,
 ``RECORDS/.lock``); each shard is written under a temporary dot-name and renamed once complete,
@@ -29,14 +29,9 @@ import numpy as np
 import tensorflow as tf
 
 from common_definitions import Config
-from utils.audio import AudioError, TooShortError, check_audio, load_audio
-from utils.errors import RefusedError, one_line
-from utils.world_records import cached_stats, update_cache
-from utils.features import MomentSum
-from utils.files import (AUDIO_EXTENSIONS, AtomicFile, atomic_write_text, audio_files,
-                         is_partial)
-from utils.locks import FolderLock
-from utils.records import (
+from utils.audio.features import MomentSum
+from utils.audio.signal import AudioError, TooShortError, check_audio, load_audio
+from utils.data.records import (
     MANIFEST,
     MANIFEST_VERSION,
     SHARD_PATTERN,
@@ -52,6 +47,11 @@ from utils.records import (
     stats_path,
     tf_writes,
 )
+from utils.data.world_cache import cached_stats, update_cache
+from utils.errors import RefusedError, one_line
+from utils.files import (AUDIO_EXTENSIONS, AtomicFile, atomic_write_text, audio_files,
+                         is_partial)
+from utils.locks import FolderLock
 
 
 @dataclasses.dataclass
@@ -167,7 +167,7 @@ def find_audio_files(data_dirs: Sequence[str], exclude: Sequence[str] = ()) -> F
 
 def serialize_song(samples: np.ndarray, sampling_rate: int, path: str, label: str) -> bytes:
     """One song as a serialised ``tf.train.Example`` in the layout of
-    :data:`utils.records.RECORD_SPEC`."""
+    :data:`utils.data.records.RECORD_SPEC`."""
 
     def _bytes(value: bytes) -> tf.train.Feature:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
@@ -190,7 +190,7 @@ class _ShardWriter:
 
     Each shard is written under a temporary dot-name (:class:`~utils.files.AtomicFile`) and
     renamed to ``shard-NNNNN.tfrecord`` only once complete; :attr:`records` then holds its
-    integrity record (:func:`utils.records.shard_record`). :meth:`discard` (after an error or
+    integrity record (:func:`utils.data.records.shard_record`). :meth:`discard` (after an error or
     Ctrl-C) removes the shard being written and the new shards already renamed, none of which
     a manifest lists yet.
     """
@@ -342,7 +342,7 @@ def write_records(
     unreadable folders too) and ends with :meth:`MakeSummary.line`. Writes shards,
     ``manifest.json`` and the normalisation statistics of ``config.feature``, holding the
     folder's lock (:class:`~utils.locks.FolderLock` for ``program``, default the running
-    script) meanwhile. A shard found damaged (see :func:`utils.records.shard_damage`) is
+    script) meanwhile. A shard found damaged (see :func:`utils.data.records.shard_damage`) is
     rebuilt: its songs are decoded again from their audio files, after one warning line naming
     it. A crash leaves the previous records usable: new shards are written first (each renamed
     into place once complete), the manifest replaced atomically, and only then old shards

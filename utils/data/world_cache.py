@@ -1,7 +1,7 @@
 """WORLD features cached beside the records: analysed once when the records are made.
 
-A records folder holds whole songs as audio (:mod:`utils.records`). The ``world`` feature trains
-on WORLD's coded envelope and aperiodicity instead (:mod:`utils.world_features`), whose analysis
+A records folder holds whole songs as audio (:mod:`utils.data.records`). The ``world`` feature trains
+on WORLD's coded envelope and aperiodicity instead (:mod:`utils.audio.world`), whose analysis
 costs far more than an STFT, so it is done once per song and cached::
 
     RECORDS_DIR/world-<key>/shard-NNNNN.tfrecord   one example per song of the audio shard of the
@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from common_definitions import Config
-from utils.features import FeatureStats, MomentSum, stats_fields, world_moments
+from utils.audio.features import FeatureStats, MomentSum, stats_fields, world_moments
 from utils.files import atomic_write, atomic_write_text, is_partial
 
 INDEX = "index.json"
@@ -84,7 +84,7 @@ def _write_index(folder: str, index: Dict[str, int], checks: Dict[str, dict]) ->
 
 def _damaged(folder: str, index: Dict[str, int], names: Sequence[str]) -> Dict[str, str]:
     """cache shard name -> why it is damaged, among ``names`` (all listed in ``index``)."""
-    from utils.records import check_file
+    from utils.data.records import check_file
 
     checks = _read_checks(folder)
     damaged = {}
@@ -123,8 +123,8 @@ def update_cache(records_dir: str, config: Config, shard_names: Sequence[str],
     """Analyse the songs of every audio shard in ``shard_names`` not cached yet, or whose cache
     shard is damaged (one warning line each); drop the caches of shards no longer listed.
     Returns the cache folder. The caller holds the records folder's lock."""
-    from utils.records import iterate_songs, shard_record, tf_writes
-    from utils.world_features import analyse, require_pyworld
+    from utils.audio.world import analyse, require_pyworld
+    from utils.data.records import iterate_songs, shard_record, tf_writes
 
     require_pyworld()
     folder = cache_dir(records_dir, config)
@@ -177,7 +177,7 @@ def cached_shards(records_dir: str, config: Config, shard_names: Sequence[str]) 
     Raises:
         DataError: a shard's features are not cached, or their cache shard is damaged.
     """
-    from utils.records import DataError
+    from utils.data.records import DataError
 
     folder = cache_dir(records_dir, config)
     index = _read_index(folder)
@@ -226,7 +226,7 @@ def cached_stats(records_dir: str, config: Config, shard_names: Sequence[str],
 def song_source(records_dir: str, config: Config, shard_paths: Sequence[str]):
     """What the records' patch pipeline reads for the world feature instead of the audio shards
     ``shard_paths``: ``(cache shard paths, parse)``, where ``parse(record)`` lays a cached song
-    out like :func:`utils.records.parse_record`'s songs, so it is cut into patches the same way:
+    out like :func:`utils.data.records.parse_record`'s songs, so it is cut into patches the same way:
     ``audio`` is the features ``(T, world_dims, 2)`` (time steps are frames) and
     ``num_samples`` their number of frames."""
     names = [os.path.basename(path) for path in shard_paths]

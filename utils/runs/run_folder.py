@@ -6,7 +6,7 @@ A checkpoint folder (``config.checkpoint_dir``) written by ``train.py``::
                            Config whose model fields agree
     feature_stats.json     the FeatureStats the training data was normalised with
     singers.json           a conditional model's singer map (names in id order)
-    validation.json        the songs held out of training (utils/validation.py), kept on resume
+    validation.json        the songs held out of training (utils/training/validation.py), kept on resume
     checkpoint, ckpt-N.*   tf.train.Checkpoint(model, optimizer, step, skipped_steps) and the
                            digest of feature_stats.json (feature_stats_digest), N = step
     glow.weights.h5        the model weights alone (Keras), written at the end of training
@@ -21,7 +21,7 @@ This module reads and writes those files; the trainer (``pipeline.py``) saves ch
 it, and inference (``migrate.py``, ``evaluate.py``, the notebooks) loads a run through
 :func:`load_for_inference` without importing any training code. Checkpoints are found on disk,
 not through the index alone, and a damaged one is skipped for the previous one
-(:mod:`utils.checkpoint_files`); ``feature_stats.json`` is checked against the digest every
+(:mod:`utils.runs.checkpoint_files`); ``feature_stats.json`` is checked against the digest every
 checkpoint (and ``best.json``) records; a training run holds the folder's lock
 (:mod:`utils.locks`); a write that fails (a full disk, a read-only folder) ends the run with
 :class:`SaveFailed`, the last good checkpoint intact. See design/training.md, "Run folders that
@@ -42,7 +42,12 @@ import tensorflow as tf
 
 from common_definitions import Config
 from model import Glow
-from utils.checkpoint_files import (  # noqa: F401 (re-exported: the names of the files)
+from utils.audio.features import FeatureStats
+from utils.errors import SinGlowError, one_line
+from utils.files import (WriteFailed, atomic_write, atomic_write_text, replace_folder,
+                         settle_folder)
+from utils.locks import FolderLock
+from utils.runs.checkpoint_files import (  # noqa: F401 (re-exported: the names of the files)
     BEST_DIGEST,
     BEST_RECORD,
     DIGEST_NAME,
@@ -62,13 +67,8 @@ from utils.checkpoint_files import (  # noqa: F401 (re-exported: the names of th
     step_of,
     write_index,
 )
-from utils.codec import Codec
-from utils.distribute import TaskInfo
-from utils.errors import SinGlowError, one_line
-from utils.features import FeatureStats
-from utils.files import (WriteFailed, atomic_write, atomic_write_text, replace_folder,
-                         settle_folder)
-from utils.locks import FolderLock
+from utils.runs.codec import Codec
+from utils.training.distribute import TaskInfo
 
 CONFIG_NAME = "config.json"
 # The singer map of a conditional model: {"singers": [name of id 0, name of id 1, ...]}.
@@ -123,7 +123,7 @@ def check_checkpoint_dir(config: Config) -> Optional[str]:
     """Refuse a checkpoint folder whose checkpoints cannot be resumed under ``config``.
 
     Applies whenever the folder holds a ``ckpt-N``, an index file or a ``config.json``, whatever
-    the state of the index (checkpoints are found on disk: :mod:`utils.checkpoint_files`).
+    the state of the index (checkpoints are found on disk: :mod:`utils.runs.checkpoint_files`).
     Returns the checkpoint a resume starts from (the index's latest, else the newest on disk;
     the trainer falls back from a damaged one), None when there is none.
 
@@ -252,7 +252,7 @@ class RunFolder:
 
     ``checkpoint`` is the run's ``tf.train.Checkpoint`` (model, optimizer, step, skipped_steps);
     checkpoints are numbered by ``step``. Each one saved also holds ``feature_stats_digest``
-    (:func:`utils.checkpoint_files.stats_digest` of the run's normalisation), which restoring
+    (:func:`utils.runs.checkpoint_files.stats_digest` of the run's normalisation), which restoring
     leaves alone, so checkpoints written before it restore as they did. Only the chief worker
     writes into the folder; the other workers take part in every save (a multi-worker save may
     run collectives) but write to a scratch folder that is removed at once. Every write that
@@ -315,7 +315,7 @@ class RunFolder:
         """Restore the newest checkpoint of the folder that can be read; returns its path (None
         when the folder holds none).
 
-        Checkpoints are found on disk (:func:`utils.checkpoint_files.find_checkpoints`): with a
+        Checkpoints are found on disk (:func:`utils.runs.checkpoint_files.find_checkpoints`): with a
         missing, garbled or stale index file, or a damaged newest checkpoint, one warning line
         each says which checkpoint the run resumes from, and the chief rewrites the index to
         name it (holding the folder's lock; the manager then keeps and deletes checkpoints as
@@ -368,7 +368,7 @@ class RunFolder:
     def write_run_files(self, stats: Optional[FeatureStats], singers: Sequence[str] = (),
                         split=None) -> None:
         """Write ``config.json``, ``feature_stats.json``, a conditional run's ``singers.json``
-        and, when given, the validation ``split`` (a :class:`utils.validation.ValidationSplit`)
+        and, when given, the validation ``split`` (a :class:`utils.training.validation.ValidationSplit`)
         as ``validation.json`` (chief only; each atomically)."""
         if not self.task.is_chief:
             return
@@ -489,7 +489,7 @@ class RunFolder:
 
 
 def load_for_inference(checkpoint_dir: str) -> Codec:
-    """The :class:`utils.codec.Codec` (model, config, stats) of a trained run, for migrate.py,
+    """The :class:`utils.runs.codec.Codec` (model, config, stats) of a trained run, for migrate.py,
     evaluate.py, the notebooks and the benchmarks.
 
     Reads ``config.json`` (rebuilds the model it describes), ``feature_stats.json`` (the
@@ -525,7 +525,7 @@ def load_for_inference(checkpoint_dir: str) -> Codec:
         )
 
     if config.feature == "world":
-        from utils.world_features import require_pyworld
+        from utils.audio.world import require_pyworld
 
         require_pyworld()  # one line naming pyworld, not an ImportError on the first song
     singers = read_singers(checkpoint_dir) or ()

@@ -24,7 +24,7 @@ value is then averaged over the replicas of every worker, so all of them take th
 
 :class:`Steering` writes ``val_bits_per_dim`` and ``val_nll`` (nats per patch) to TensorBoard,
 keeps the weights of the lowest one in ``checkpoint_dir/best/`` (a complete run folder, see
-:meth:`utils.run_folder.RunFolder.write_best`) and, with ``--early_stopping_patience N``, ends
+:meth:`utils.runs.run_folder.RunFolder.write_best`) and, with ``--early_stopping_patience N``, ends
 training after ``N`` epochs without a lower one.
 """
 
@@ -40,10 +40,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 import tensorflow as tf
 
 from common_definitions import Config
+from utils.data.records import DataError
 from utils.errors import one_line
 from utils.files import atomic_write_text
-from utils.records import DataError
-from utils.run_folder import VALIDATION_NAME, CheckpointMismatch
+from utils.runs.run_folder import VALIDATION_NAME, CheckpointMismatch
 
 LN2 = math.log(2.0)
 SPLIT_VERSION = 1
@@ -65,7 +65,7 @@ class ValidationSplit:
     dirs: Tuple[str, ...] = ()
 
     def present(self, records) -> Tuple[str, ...]:
-        """The held-out songs that the records (a :class:`~utils.records.Records`) hold."""
+        """The held-out songs that the records (a :class:`~utils.data.records.Records`) hold."""
         return tuple(path for path in self.held_out if path in records.song_labels)
 
     def training_songs(self, records) -> Optional[Tuple[str, ...]]:
@@ -236,8 +236,8 @@ class Validator:
         model: the :class:`model.Glow` (its float32 ``encode``).
         config: the run's configuration (``dims`` is the D of bits/dim).
         dataset: one pass of held-out batches ``(B, H, W, C)`` (with singer ids ``(B,)`` for a
-            conditional model), e.g. :meth:`utils.training_data.TrainingData.validation_batches`.
-        collectives: the run's :class:`utils.distribute.Collectives`.
+            conditional model), e.g. :meth:`utils.training.data.TrainingData.validation_batches`.
+        collectives: the run's :class:`utils.training.distribute.Collectives`.
     """
 
     def __init__(self, model, config: Config, dataset: tf.data.Dataset, collectives):

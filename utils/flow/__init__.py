@@ -1,0 +1,5 @@
+"""The flow's parts: its layers (``layers``), their thin convolutions as GEMMs (``ops``) and the
+TensorFlow Probability view of a Glow (``bijector``); ``model.py`` assembles them.
+
+Imports nothing from the project but its own modules (and, for ``bijector``, a Glow passed in).
+"""
