@@ -41,8 +41,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from common_definitions import FEATURES, Config
 from utils.cli import OneLineArgumentParser, run_cli
 # Re-exported: callers of the data side import these from here.
-from utils.data.records import DataError, Records, Song, read_records_manifest
+from utils.data.records import Records, read_records_manifest
 from utils.data.records_writer import MakeSummary, find_audio_files, outputs_inside, write_records
+from utils.data.shards import DataError, Song
 
 __all__ = ["SongDataLoader", "Records", "Song", "MakeSummary", "DataError",
            "find_audio_files", "read_records_manifest", "main"]

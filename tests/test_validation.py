@@ -97,7 +97,7 @@ def test_validation_dirs_hold_out_their_songs_and_are_checked(records, demo_corp
     split = choose_split(config, records)
     assert split.how == "dirs" and {records.song_labels[p] for p in split.held_out} == {"real"}
     assert len(split.held_out) == 2
-    from utils.data.records import DataError
+    from utils.data.shards import DataError
 
     with pytest.raises(DataError, match="singer"):  # a conditional model trains every singer
         choose_split(config.replace(conditional=True), records)

@@ -6,33 +6,27 @@ made so far. :class:`Records` reads the manifest once, then serves the songs, th
 two ``tf.data`` pipelines of normalised patches: random windows for training, aligned windows for
 evaluation.
 
-What both sides share lives here too: the file names, the record layout, the manifest reader, the
-fingerprint that ties saved statistics to the songs they came from, and the integrity check of a
-shard (:func:`shard_damage`): the manifest records each shard's size, CRC-32 and record count,
+What both sides share lives here too: the file names, the manifest reader, the fingerprint that
+ties saved statistics to the songs they came from, and the integrity check of the shards a
+manifest lists (:func:`shard_damage`; one shard's is :func:`utils.data.shards.check_file`): the manifest records each shard's size, CRC-32 and record count,
 and a shard that no longer matches is left out (one warning line naming it and the songs it
 loses) until ``SongDataLoader.make`` rebuilds it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import errno
 import hashlib
 import json
 import os
-import re
-import stat
 import warnings
-from typing import Collection, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, Iterable, Iterator, List, Optional, Tuple
 
-import numpy as np
 import tensorflow as tf
 
 from common_definitions import Config
 from utils.audio.features import FeatureStats, MomentSum, patch_features
-from utils.errors import SinGlowError
-from utils.files import WriteFailed, file_digest
+from utils.data.shards import DataError, Song, check_file, iterate_songs, parse_record
+from utils.data.world_cache import cached_stats, song_source
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -41,38 +35,6 @@ SHARD_PATTERN = "shard-{:05d}.tfrecord"
 # windows are dealt out in turn; together with the patch shuffle buffer they decorrelate a batch.
 SONG_SHUFFLE_BUFFER = 16
 SONGS_INTERLEAVED = 8
-
-# One tf.train.Example per song. The samples are raw little-endian float32 bytes: parsing a bytes
-# feature is far faster than a FloatList of millions of values.
-RECORD_SPEC = {
-    "audio": tf.io.FixedLenFeature([], tf.string),
-    "num_samples": tf.io.FixedLenFeature([], tf.int64),
-    "sampling_rate": tf.io.FixedLenFeature([], tf.int64),
-    "path": tf.io.FixedLenFeature([], tf.string),
-    "label": tf.io.FixedLenFeature([], tf.string),
-}
-
-
-class DataError(SinGlowError, ValueError):
-    """Unusable data folders or records; the message is one line."""
-
-
-@dataclasses.dataclass
-class Song:
-    """One record: mono float32 ``samples`` at ``sampling_rate`` Hz, its source path and label."""
-
-    samples: np.ndarray
-    sampling_rate: int
-    path: str
-    label: str
-
-
-def parse_record(record: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """One serialised song -> ``audio (N,)`` float32, ``num_samples``, ``sampling_rate``,
-    ``path``, ``label``."""
-    parsed = tf.io.parse_single_example(record, RECORD_SPEC)
-    parsed["audio"] = tf.io.decode_raw(parsed["audio"], tf.float32, little_endian=True)
-    return parsed
 
 
 def read_records_manifest(records_dir: str) -> Optional[dict]:
@@ -92,87 +54,6 @@ def read_records_manifest(records_dir: str) -> Optional[dict]:
 def ok_entries(manifest: dict) -> Dict[str, dict]:
     """The manifest entries, by path, of the songs the records hold."""
     return {path: e for path, e in manifest["files"].items() if e.get("status") == "ok"}
-
-
-# ---------------------------------------------------------------------------------- integrity
-def count_records(path: str) -> int:
-    """The records in the TFRecord file ``path``, read through (every record's CRC is checked).
-
-    Raises:
-        tensorflow.errors.OpError: a truncated or corrupted record (``DataLossError``).
-    """
-    count = 0
-    for _ in tf.data.TFRecordDataset(path).as_numpy_iterator():
-        count += 1
-    return count
-
-
-def tf_reason(error: BaseException) -> str:
-    """The telling part of a TensorFlow read error (``corrupted record at 1234``), without the
-    op names TensorFlow wraps it in."""
-    text = " ".join(str(getattr(error, "message", error)).split())
-    found = re.search(r"(corrupted|truncated) record at \d+", text)
-    return found.group(0) if found else type(error).__name__
-
-
-@contextlib.contextmanager
-def tf_writes(path: str) -> Iterator[None]:
-    """Report a TensorFlow file-write error inside the block (a full disk while a
-    ``TFRecordWriter`` writes ``path``) as :class:`~utils.files.WriteFailed`: one line naming
-    ``path``, instead of a traceback."""
-    try:
-        yield
-    except tf.errors.OpError as error:
-        full = isinstance(error, tf.errors.ResourceExhaustedError)
-        reason = " ".join(str(getattr(error, "message", error)).split()).rsplit("; ", 1)[-1]
-        raise WriteFailed.of(path, OSError(errno.ENOSPC if full else errno.EIO, reason)) from None
-
-
-def check_file(path: str, recorded: Optional[dict], records: int) -> Optional[str]:
-    """Why the written file ``path`` (a shard of ``records`` records) is damaged, or None when it
-    is whole.
-
-    ``recorded`` is its integrity record (``size``, ``crc32``, ``records``; see
-    :func:`shard_record`): the file must have that size and CRC-32. Without one (a manifest
-    written before they existed) the file is verified by reading every record through
-    TensorFlow (each record carries its own CRC) and counting them. A FIFO, socket or device in
-    its place is never opened.
-    """
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return "missing"
-    except OSError as err:
-        return f"cannot read: {err.strerror or err}"
-    if not stat.S_ISREG(info.st_mode):
-        return "not a regular file"
-    if recorded is None:
-        try:
-            found = count_records(path)
-        except (tf.errors.OpError, OSError) as err:
-            return f"unreadable: {tf_reason(err)}"
-        return None if found == records else f"holds {found} records, {records} were written"
-    size = recorded.get("size")
-    if info.st_size != size:
-        if isinstance(size, int) and info.st_size < size:
-            return f"truncated: {info.st_size} of the {size} bytes written"
-        return f"{info.st_size} bytes, {size} were written"
-    try:
-        _, crc = file_digest(path)
-    except OSError as err:
-        return f"cannot read: {err.strerror or err}"
-    if crc != recorded.get("crc32"):
-        return "checksum mismatch: its bytes changed since it was written"
-    if recorded.get("records", records) != records:
-        return f"{recorded['records']} records were written, the manifest lists {records} songs"
-    return None
-
-
-def shard_record(path: str, records: int) -> dict:
-    """The integrity record of the complete shard ``path`` holding ``records`` records:
-    ``{"size": bytes, "crc32": 8 hex digits, "records": count}``."""
-    size, crc = file_digest(path)
-    return {"size": size, "crc32": crc, "records": records}
 
 
 def shard_damage(records_dir: str, manifest: dict,
@@ -236,26 +117,6 @@ def saved_stats(records_dir: str, config: Config, source: str,
     except (OSError, ValueError, KeyError):
         return None
     return saved if saved.matches(config) and saved.source == source else None
-
-
-def iterate_songs(records_dir: str, names: Sequence[str]) -> Iterator[Song]:
-    """Every song in the shards ``names`` of ``records_dir``, in order.
-
-    Raises:
-        DataError: a shard turned out damaged while it was read (one line naming the folder).
-    """
-    if not names:  # building an empty pipeline would still trace its parse function
-        return
-    paths = [os.path.join(records_dir, name) for name in names]
-    try:
-        for record in tf.data.TFRecordDataset(paths).map(parse_record).as_numpy_iterator():
-            yield Song(record["audio"], int(record["sampling_rate"]),
-                       record["path"].decode("utf-8", "surrogateescape"),
-                       record["label"].decode("utf-8", "surrogateescape"))
-    except tf.errors.OpError as err:
-        raise DataError(f"a shard in {records_dir} is damaged ({tf_reason(err)}): rebuild the "
-                        f"records with `python data_loader.py AUDIO_DIR --out {records_dir}`"
-                        ) from None
 
 
 def aligned_step(config: Config) -> int:
@@ -387,8 +248,6 @@ class Records:
         cached WORLD analyses (each song is analysed once, when the records are made)."""
         shards = sorted({e["shard"] for e in entries.values()})
         if self.config.feature == "world":
-            from utils.data.world_cache import cached_stats
-
             return cached_stats(self.records_dir, self.config, shards, source,
                                 keep=lambda path: path in entries)
         moments = MomentSum(self.config)
@@ -469,8 +328,6 @@ class Records:
 
         parse = parse_record
         if world:  # the cached WORLD features of the same songs instead of their audio
-            from utils.data.world_cache import song_source
-
             shards, parse = song_source(self.records_dir, config, shards)
         ds = tf.data.Dataset.from_tensor_slices(shards)
         if training:

@@ -35,18 +35,15 @@ from utils.data.records import (
     MANIFEST,
     MANIFEST_VERSION,
     SHARD_PATTERN,
-    DataError,
     describe_songs,
     fingerprint,
-    iterate_songs,
     ok_entries,
     read_records_manifest,
     saved_stats,
     shard_damage,
-    shard_record,
     stats_path,
-    tf_writes,
 )
+from utils.data.shards import DataError, iterate_songs, shard_record, tf_writes
 from utils.data.world_cache import cached_stats, update_cache
 from utils.errors import RefusedError, one_line
 from utils.files import (AUDIO_EXTENSIONS, AtomicFile, atomic_write_text, audio_files,
@@ -167,7 +164,7 @@ def find_audio_files(data_dirs: Sequence[str], exclude: Sequence[str] = ()) -> F
 
 def serialize_song(samples: np.ndarray, sampling_rate: int, path: str, label: str) -> bytes:
     """One song as a serialised ``tf.train.Example`` in the layout of
-    :data:`utils.data.records.RECORD_SPEC`."""
+    :data:`utils.data.shards.RECORD_SPEC`."""
 
     def _bytes(value: bytes) -> tf.train.Feature:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
@@ -190,7 +187,7 @@ class _ShardWriter:
 
     Each shard is written under a temporary dot-name (:class:`~utils.files.AtomicFile`) and
     renamed to ``shard-NNNNN.tfrecord`` only once complete; :attr:`records` then holds its
-    integrity record (:func:`utils.data.records.shard_record`). :meth:`discard` (after an error or
+    integrity record (:func:`utils.data.shards.shard_record`). :meth:`discard` (after an error or
     Ctrl-C) removes the shard being written and the new shards already renamed, none of which
     a manifest lists yet.
     """

@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from common_definitions import Config
 from utils.audio.features import FeatureStats, MomentSum, stats_fields, world_moments
+from utils.data.shards import DataError, check_file, iterate_songs, shard_record, tf_writes
 from utils.files import atomic_write, atomic_write_text, is_partial
 
 INDEX = "index.json"
@@ -84,8 +85,6 @@ def _write_index(folder: str, index: Dict[str, int], checks: Dict[str, dict]) ->
 
 def _damaged(folder: str, index: Dict[str, int], names: Sequence[str]) -> Dict[str, str]:
     """cache shard name -> why it is damaged, among ``names`` (all listed in ``index``)."""
-    from utils.data.records import check_file
-
     checks = _read_checks(folder)
     damaged = {}
     for name in names:
@@ -123,8 +122,8 @@ def update_cache(records_dir: str, config: Config, shard_names: Sequence[str],
     """Analyse the songs of every audio shard in ``shard_names`` not cached yet, or whose cache
     shard is damaged (one warning line each); drop the caches of shards no longer listed.
     Returns the cache folder. The caller holds the records folder's lock."""
+    # Looked up on the module when called, so that a test can watch what is analysed.
     from utils.audio.world import analyse, require_pyworld
-    from utils.data.records import iterate_songs, shard_record, tf_writes
 
     require_pyworld()
     folder = cache_dir(records_dir, config)
@@ -177,8 +176,6 @@ def cached_shards(records_dir: str, config: Config, shard_names: Sequence[str]) 
     Raises:
         DataError: a shard's features are not cached, or their cache shard is damaged.
     """
-    from utils.data.records import DataError
-
     folder = cache_dir(records_dir, config)
     index = _read_index(folder)
     remake = (f"remake the records with --feature world (python data_loader.py AUDIO_DIR --out "
@@ -226,7 +223,7 @@ def cached_stats(records_dir: str, config: Config, shard_names: Sequence[str],
 def song_source(records_dir: str, config: Config, shard_paths: Sequence[str]):
     """What the records' patch pipeline reads for the world feature instead of the audio shards
     ``shard_paths``: ``(cache shard paths, parse)``, where ``parse(record)`` lays a cached song
-    out like :func:`utils.data.records.parse_record`'s songs, so it is cut into patches the same way:
+    out like :func:`utils.data.shards.parse_record`'s songs, so it is cut into patches the same way:
     ``audio`` is the features ``(T, world_dims, 2)`` (time steps are frames) and
     ``num_samples`` their number of frames."""
     names = [os.path.basename(path) for path in shard_paths]

@@ -40,7 +40,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import tensorflow as tf
 
 from common_definitions import Config
-from utils.data.records import DataError
+from utils.data.shards import DataError
 from utils.errors import one_line
 from utils.files import atomic_write_text
 from utils.runs.run_folder import VALIDATION_NAME, CheckpointMismatch
