@@ -103,7 +103,7 @@ def song(demo_corpus):
 
 def test_the_codec_of_a_conditional_run_converts_and_classifies(conditional_run, song):
     from utils.evaluation.metrics import snr_db
-    from utils.migration.latent_moves import MigrationError
+    from utils.errors import MigrationError
     from utils.runs.run_folder import load_for_inference
 
     config, trainer, _ = conditional_run

@@ -288,7 +288,7 @@ def test_reference_statistics_of_other_weights_are_refused(run, tiny_run, demo_c
                                                            tmp_path, capsys):
     import migrate
     from utils.migration.folders import Console
-    from utils.migration.latent_moves import MigrationError
+    from utils.errors import MigrationError
     from utils.migration.targets import StatsSource, compute_stats, open_stats
     from utils.runs.latent_stats import LatentStats, weights_fingerprint
 

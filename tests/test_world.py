@@ -10,7 +10,7 @@ from common_definitions import Config
 from utils.audio.features import FeatureStats, features_to_song, song_to_features
 from utils.audio.signal import load_audio
 from utils.evaluation.metrics import compare_pitch, pitch_track, snr_db
-from utils.migration.latent_moves import MigrationError
+from utils.errors import MigrationError
 
 pytest.importorskip("pyworld")
 

@@ -25,6 +25,13 @@ class RefusedError(SinGlowError):
     model): the command-line tools exit with status 2 for it wherever it is found."""
 
 
+class MigrationError(SinGlowError, ValueError):
+    """A one-line, user-facing error of inference and migration (bad statistics, input, singer
+    or method). Here rather than in :mod:`utils.migration` because the layers below it raise it
+    too: a song folder without audio (:mod:`utils.data.song_folders`), a chunking or a singer the
+    checkpoint cannot take (:mod:`utils.runs`)."""
+
+
 def one_line(error: BaseException | str, limit: int = ONE_LINE_LIMIT) -> str:
     """``error``'s message with all whitespace folded to single spaces, cut to ``limit``
     characters; the exception's class name when it has no message."""

@@ -15,7 +15,7 @@ import numpy as np
 from common_definitions import Config
 from utils.audio.signal import AudioError, check_audio, load_audio
 from utils.files import AUDIO_EXTENSIONS, audio_files
-from utils.migration.latent_moves import MigrationError
+from utils.errors import MigrationError
 
 
 def list_audio(folder: str) -> List[str]:

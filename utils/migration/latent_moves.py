@@ -10,32 +10,19 @@ a reference set; ``a`` is the strength, and strength 0 returns ``z`` bit for bit
 
 :data:`METHOD_NAMES` is the one list of method names that ``migrate.py`` and ``evaluate.py``
 offer: these latent moves (:data:`LATENT_METHODS`), the no-model baseline ``eq`` and a
-conditional model's ``convert``. This module imports only NumPy (no TensorFlow, nothing else
-of the project but its error base class), so a CLI can build its flags from it before
-TensorFlow loads. It is also the bottom of the migration modules: :class:`MigrationError` and
-:class:`Moments`, the methods' input, live here.
+conditional model's ``convert``. This module imports only NumPy (no TensorFlow), so a CLI can
+build its flags from it before TensorFlow loads.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from utils.errors import SinGlowError
-
-
-class MigrationError(SinGlowError, ValueError):
-    """A one-line, user-facing error of the migration tools (bad statistics, input or method)."""
-
-
-class Moments(NamedTuple):
-    """Per-dimension ``mean`` and ``std`` (arrays broadcastable to the latent they move), as
-    :meth:`utils.runs.latent_stats.LatentStats.moments` lays them out."""
-
-    mean: np.ndarray
-    std: np.ndarray
+from utils.errors import MigrationError
+from utils.runs.latent_stats import Moments
 
 
 def midpoint(z: np.ndarray, source: Optional[Moments], reference: Moments, strength: float

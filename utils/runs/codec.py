@@ -40,7 +40,7 @@ from utils.audio.signal import AudioError, check_audio
 from utils.audio.world import bound_envelope
 from utils.data.song_folders import iter_folder_songs
 from utils.migration.harmonic_band import DEFAULT_HARMONIC_HZ, keep_harmonics
-from utils.migration.latent_moves import MigrationError
+from utils.errors import MigrationError
 from utils.runs.latent_stats import LatentStats, weights_fingerprint
 from utils.runs.song_chunks import (
     batched,

@@ -24,18 +24,27 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from common_definitions import Config
 from utils.files import atomic_write
-from utils.migration.latent_moves import MigrationError, Moments
+from utils.errors import MigrationError
 
 # Latent standard deviations are floored here (whitened units) so that a dimension that is
 # constant in a set (e.g. a silent source) cannot make ``std_ref / std_src`` blow up.
 MIN_STD = 1e-3
 STATS_FORMAT_VERSION = 1
+
+
+class Moments(NamedTuple):
+    """Per-dimension ``mean`` and ``std`` (arrays broadcastable to the latent they move), as
+    :meth:`LatentStats.moments` lays them out: what the latent moves of
+    :mod:`utils.migration.latent_moves` move from and toward."""
+
+    mean: np.ndarray
+    std: np.ndarray
 
 
 # ----------------------------------------------------------------------------- latent layout

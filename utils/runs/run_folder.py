@@ -31,6 +31,7 @@ heal or refuse".
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -68,7 +69,6 @@ from utils.runs.checkpoint_files import (  # noqa: F401 (re-exported: the names 
     write_index,
 )
 from utils.runs.codec import Codec
-from utils.training.distribute import TaskInfo
 
 CONFIG_NAME = "config.json"
 # The singer map of a conditional model: {"singers": [name of id 0, name of id 1, ...]}.
@@ -78,6 +78,17 @@ BEST_NAME = "best"
 # The holder named in the lock file of a checkpoint folder that a training run writes.
 LOCK_PROGRAM = "train.py"
 _EXPORT_SCRATCH = ".glow-export-"
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """This process in its cluster: the chief writes files and logs; ``index`` is its worker
+    number in ``[0, num_workers)`` (the chief is 0). Only the chief writes the run folder
+    (:func:`utils.training.distribute.task_info` finds it under a strategy)."""
+
+    is_chief: bool = True
+    index: int = 0
+    num_workers: int = 1
 
 
 class SaveFailed(SinGlowError):

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from common_definitions import Config
-from utils.migration.latent_moves import MigrationError
+from utils.errors import MigrationError
 
 
 # ----------------------------------------------------------------------------- feature chunks

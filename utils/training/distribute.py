@@ -10,7 +10,6 @@ pays nothing for them.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Optional, Sequence
@@ -18,6 +17,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from utils.errors import one_line
+from utils.runs.run_folder import TaskInfo
 
 
 def _tf_config() -> dict:
@@ -44,16 +44,6 @@ def make_strategy() -> tf.distribute.Strategy:
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     return tf.distribute.MirroredStrategy([d.name for d in gpus] or ["/cpu:0"])
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskInfo:
-    """This process in its cluster: the chief writes files and logs; ``index`` is its worker
-    number in ``[0, num_workers)`` (the chief is 0)."""
-
-    is_chief: bool = True
-    index: int = 0
-    num_workers: int = 1
 
 
 def task_info(strategy: tf.distribute.Strategy) -> TaskInfo:
