@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Se
 
 from utils.cli import CliError, OneLineArgumentParser, finite_float, print_warning, run_cli
 from utils.files import atomic_write_text
-from utils.migration.latent_moves import LATENT_METHODS, METHOD_NAMES
+from utils.migration.method import BINS, LATENT
+from utils.migration.registry import METHOD_NAMES, METHODS, either, methods_for, names_where
 from utils.resources import check_inference_fits, check_writable_folder
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--virtual", required=True, help="folder of the source singer's songs")
     parser.add_argument("--real", required=True, help="folder of the reference singer's songs")
     parser.add_argument("--methods", nargs="+", choices=METHOD_NAMES,
-                        help="default: every method the checkpoint supports (convert needs a "
+                        help="default: every method the checkpoint supports ("
+                             f"{either(names_where(lambda m: m.conditional))} needs a "
                              "conditional one)")
     parser.add_argument("--strengths", nargs="+", type=finite_float, default=[0.0, 0.5, 1.0])
     parser.add_argument("--harmonic_hz", type=finite_float, metavar="HZ",
@@ -173,14 +175,15 @@ def evaluate_migration(codec: "Codec", sources: Sequence[np.ndarray], targets: D
                        reference_label: str = REAL) -> List[dict]:
     """Migrate every source with every method x strength and score the result.
 
-    ``targets`` maps each method to its :class:`utils.migration.registry.MigrationTarget`. Returns one
-    dict per (method, strength) with the means over sources of ``p_ref_source``,
+    ``targets`` maps each method to its :class:`utils.migration.method.MigrationTarget`; each
+    method is fitted to it once (:func:`utils.migration.registry.fit`). Returns one dict per
+    (method, strength) with the means over sources of ``p_ref_source``,
     ``p_ref_migrated`` (P(reference_label) by the per-second judge), ``frames_ref_source``,
     ``frames_ref_migrated`` (share of frames the frame judge gives ``reference_label``),
     ``raw_pitch_accuracy``, ``median_abs_cents``, ``snr_db``, ``lsd_db`` and ``per_song`` lists.
     """
     from utils.evaluation.metrics import compare_pitch, log_spectral_distance, pitch_track, snr_db
-    from utils.migration.registry import migrate
+    from utils.migration.registry import fit
 
     rate = codec.config.sampling_rate
     source_pitch = [pitch_track(s, rate)[0] for s in sources]
@@ -189,11 +192,11 @@ def evaluate_migration(codec: "Codec", sources: Sequence[np.ndarray], targets: D
     own_stats = [None] * len(sources)
     rows = []
     for method in methods:
+        fitted = fit(method, codec, targets[method])
         for strength in strengths:
             per_song = []
             for index, samples in enumerate(sources):
-                result = migrate(codec, samples, method, strength, targets[method],
-                                 source_stats=own_stats[index])
+                result = fitted.transform(samples, strength, own_stats[index])
                 own_stats[index] = own_stats[index] or result.source_stats
                 out = result.samples
                 pitch = compare_pitch(source_pitch[index], pitch_track(out, rate)[0])
@@ -361,8 +364,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
         reference = LatentStats.load(args.reference_stats, codec.config,
                                      weights_fingerprint(codec.model))
     if args.methods is None:  # every method this checkpoint supports
-        args.methods = [m for m in METHOD_NAMES if m != "convert" or codec.singers]
-    if "convert" in args.methods:
+        args.methods = list(methods_for(codec))
+    if any(METHODS[m].conditional for m in args.methods):
         # The target is the --real folder's singer: refused on an unconditional checkpoint or
         # when the checkpoint does not know it.
         codec.singer_id(_label(args.real))
@@ -417,11 +420,12 @@ def work(prepared: Prepared) -> dict:
         "reference": args.reference_stats or os.path.abspath(args.real),
         "harmonic_hz": harmonic_bands(args),
     })
-    # Other checkpoints (e.g. of another --feature) on the same songs and by the same judges; eq
-    # needs no model, so its rows above stand for every checkpoint.
+    # Other checkpoints (e.g. of another --feature) on the same songs and by the same judges; a
+    # method that uses no model (eq) has its rows above stand for every checkpoint.
     results["compared"] = [
-        _evaluate_checkpoint(other, args, [m for m in args.methods if m != "eq" and (
-            m != "convert" or other.singers)], None, virtual, real, evaluated, judges)
+        _evaluate_checkpoint(other, args, [m for m in args.methods if METHODS[m].uses_model
+                                           and METHODS[m].works_with(other)],
+                             None, virtual, real, evaluated, judges)
         for other in prepared.compared]
     results["seconds"] = time.perf_counter() - prepared.started
     atomic_write_text(args.json, json.dumps(_json_safe(results), indent=1))
@@ -440,8 +444,8 @@ def _evaluate_checkpoint(codec: "Codec", args: argparse.Namespace, methods: Sequ
                          judges: Judges) -> dict:
     """Held-out bits/dim, reconstruction and every method x strength of one checkpoint; prints
     its table and summary."""
-    from utils.migration.eq_baseline import song_bin_stats
-    from utils.migration.registry import MigrationTarget
+    from utils.migration.bin_stats import song_bin_stats
+    from utils.migration.method import MigrationTarget
 
     config = codec.config
     print(f"== {os.path.abspath(codec_dir(codec, args))} ({config.feature}"
@@ -453,11 +457,11 @@ def _evaluate_checkpoint(codec: "Codec", args: argparse.Namespace, methods: Sequ
         codec = codec.with_singer(_label(args.virtual) if _label(args.virtual) in codec.singers
                                   else flow_classifier["virtual_singer"])
     target = MigrationTarget(singer=_label(args.real) if codec.singers else None)
-    if any(m in LATENT_METHODS for m in methods):
+    if any(METHODS[m].reference == LATENT for m in methods):
         target.latent = reference
         if target.latent is None:
             target.latent = codec.latent_stats((s for _, s in real), args.batch_size)
-    if "eq" in methods:
+    if any(METHODS[m].reference == BINS for m in methods):
         target.bins = song_bin_stats((s for _, s in real), config)
 
     labelled = [(s, _label(args.virtual)) for _, s in virtual] + [

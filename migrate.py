@@ -16,7 +16,8 @@ checkpoint (``train.py --conditional``): it encodes under the source singer (``-
 or the singer under whom the song is most likely, which it names) and decodes under a
 conditioning moved by the strength toward ``--target_singer``. On a conditional checkpoint the
 latent moves work under the source singer too. Strength 0 returns the source; strength 1 is the
-method's full move (see utils/migration/latent_moves.py).
+method's full move. Every fact about a method (what it takes, what it needs of the checkpoint,
+its help) is read from its class in the registry, :mod:`utils.migration.registry`.
 
 Writes ``OUT.wav`` (16-bit PCM at the model's rate, exactly as long as the source; scaled down
 with a warning if it would clip) and, beside it, ``OUT.png`` comparing the source and migrated
@@ -52,7 +53,8 @@ from utils.errors import SinGlowError, one_line
 from utils.migration.folders import (Console, FolderAbort, FolderProgress, SongJob, SongResult,
                                      check_folders, file_identity, is_inside, migrate_folder,
                                      path_identity, plan_folder)
-from utils.migration.latent_moves import METHOD_NAMES, NEEDS_SOURCE
+from utils.migration.method import BINS, LATENT
+from utils.migration.registry import METHOD_NAMES, METHODS, either, methods_help, names_where
 from utils.migration.targets import StatsSource, Targets, open_stats
 from utils.resources import check_inference_fits, check_writable_folder
 
@@ -76,22 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the song to migrate (wav/mp3/flac/ogg), or a folder: every song "
                              "under it (recursively)")
     parser.add_argument("--reference",
-                        help="folder of reference songs, or a statistics .npz (every method but "
-                             "convert)")
+                        help=f"folder of reference songs, or a statistics .npz for "
+                             f"{either(names_where(lambda m: m.reference == LATENT))} (every "
+                             f"method but {either(names_where(lambda m: m.reference is None))})")
     parser.add_argument("--method", choices=METHOD_NAMES, default="match",
-                        help="latent move, the no-model eq baseline, or convert (default "
-                             "%(default)s)")
+                        help=f"{methods_help()} (default %(default)s)")
     parser.add_argument("--target_singer", metavar="NAME",
-                        help="convert: the singer to convert to (a name in the checkpoint's "
-                             "singers.json: a training folder's name)")
+                        help=f"{either(names_where(lambda m: m.conditional))}: the singer to "
+                             "convert to (a name in the checkpoint's singers.json: a training "
+                             "folder's name)")
     parser.add_argument("--source_moments", choices=("singer", "song"),
-                        help="convert on a SingerNorm checkpoint: standardise the source by its "
-                             "singer's per-bin moments or by the song's own (default: song for "
+                        help=f"{either(names_where(lambda m: m.takes_source_moments))} on a "
+                             "SingerNorm checkpoint: standardise the source by its singer's "
+                             "per-bin moments or by the song's own (default: song for "
                              "spectrograms, singer for world)")
     parser.add_argument("--harmonic_hz", type=finite_float, metavar="HZ",
-                        help="convert and eq on spectrograms: below HZ the change keeps the "
-                             "source's harmonics (applied as its spectral envelope), 0 changes "
-                             "every bin freely (default: 1000 for convert, 0 for eq)")
+                        help=f"{either(names_where(lambda m: m.takes_harmonic_hz))} on "
+                             "spectrograms: below HZ the change keeps the source's harmonics "
+                             "(applied as its spectral envelope), 0 changes every bin freely "
+                             "(default: 1000 for convert, 0 for eq)")
     parser.add_argument("--source_singer", metavar="NAME",
                         help="conditional checkpoints: the source's singer (default: the one "
                              "under whom the song is most likely)")
@@ -102,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="folder mode: migrate again the songs whose output is complete")
     parser.add_argument("--source_stats",
-                        help="source statistics (.npz or folder of songs) for shift/match; "
-                             "default: the source song itself")
+                        help=f"source statistics (.npz or folder of songs) for "
+                             f"{either(names_where(lambda m: m.needs_source_stats))}; default: "
+                             "the source song itself")
     parser.add_argument("--save_reference_stats", metavar="PATH",
                         help="save the reference statistics to this .npz for reuse")
     parser.add_argument("--transpose", type=finite_float, default=0.0, metavar="SEMITONES",
@@ -185,7 +191,7 @@ def load_source(path: str, codec: "Codec"):
     from utils.audio.signal import load_audio
 
     samples = load_audio(path, codec.config.sampling_rate)
-    # Fail before the statistics pass; migrate_song checks again and warns if it is short.
+    # Fail before the statistics pass; the method checks again and warns if it is short.
     return codec.check(samples, warn_short=False)
 
 
@@ -214,14 +220,13 @@ def migrate_samples(prepared: "Prepared", targets: Targets, codec: "Codec", samp
     from utils.audio.signal import save_wav
     from utils.evaluation.metrics import snr_db
     from utils.files import atomic_write
-    from utils.migration.registry import migrate
 
     args, config = prepared.args, codec.config
-    target, source_stats = targets.of(codec)
-    result = migrate(
-        codec, samples, args.method, args.strength, target, source_stats=source_stats,
-        griffin_lim=args.griffin_lim, chunk_steps=args.chunk_steps,
-        overlap_steps=args.overlap_steps, batch_size=args.batch_size, semitones=args.transpose)
+    method, source_stats = targets.of(codec)
+    result = method.transform(
+        samples, args.strength, source_stats, griffin_lim=args.griffin_lim,
+        chunk_steps=args.chunk_steps, overlap_steps=args.overlap_steps,
+        batch_size=args.batch_size, semitones=args.transpose)
     out = result.samples
     peak = float(np.max(np.abs(out)))
     if peak > 1.0:
@@ -260,25 +265,7 @@ def check_paths(args: argparse.Namespace) -> None:
     folder = os.path.isdir(args.source)
     if not folder and not os.path.isfile(args.source):
         raise CliError(f"source song not found: {args.source}")
-    if args.method == "convert":
-        if not args.target_singer:
-            raise CliError("--method convert needs --target_singer NAME")
-        if args.reference:
-            raise CliError("--method convert takes no --reference (it converts to "
-                           "--target_singer)")
-    elif not args.reference:
-        raise CliError(f"--method {args.method} needs --reference (a folder of songs"
-                       f"{'' if args.method == 'eq' else ' or a statistics .npz'})")
-    elif not os.path.exists(args.reference):
-        raise CliError(f"reference not found: {args.reference}")
-    elif args.method == "eq" and not os.path.isdir(args.reference):
-        raise CliError(f"--method eq needs a folder of reference songs, got {args.reference}")
-    if args.target_singer and args.method != "convert":
-        raise CliError(f"--target_singer is for --method convert, not {args.method}")
-    if args.source_moments and args.method != "convert":
-        raise CliError(f"--source_moments is for --method convert, not {args.method}")
-    if args.harmonic_hz is not None and args.method not in ("convert", "eq"):
-        raise CliError(f"--harmonic_hz is for --method convert or eq, not {args.method}")
+    check_method_flags(args)
     if args.harmonic_hz is not None and args.harmonic_hz < 0:
         raise CliError(f"--harmonic_hz must be >= 0, got {args.harmonic_hz:g}")
     if args.source_stats and not os.path.exists(args.source_stats):
@@ -311,6 +298,32 @@ def check_paths(args: argparse.Namespace) -> None:
     check_writable_folder(output_dir, f"--output {args.output}: the folder")
 
 
+def check_method_flags(args: argparse.Namespace) -> None:
+    """Refuse the flags ``--method``'s class does not take, and a missing one it needs (the
+    facts are the registry's: :mod:`utils.migration.registry`)."""
+    name, method = args.method, METHODS[args.method]
+    if method.conditional:
+        if not args.target_singer:
+            raise CliError(f"--method {name} needs --target_singer NAME")
+        if args.reference:
+            raise CliError(f"--method {name} takes no --reference (it converts to "
+                           "--target_singer)")
+    elif not args.reference:
+        raise CliError(f"--method {name} needs --reference (a folder of songs"
+                       f"{'' if method.reference == BINS else ' or a statistics .npz'})")
+    elif not os.path.exists(args.reference):
+        raise CliError(f"reference not found: {args.reference}")
+    elif method.reference == BINS and not os.path.isdir(args.reference):
+        raise CliError(f"--method {name} needs a folder of reference songs, got "
+                       f"{args.reference}")
+    for flag, given, fact in (
+            ("--target_singer", bool(args.target_singer), lambda m: m.conditional),
+            ("--source_moments", bool(args.source_moments), lambda m: m.takes_source_moments),
+            ("--harmonic_hz", args.harmonic_hz is not None, lambda m: m.takes_harmonic_hz)):
+        if given and not fact(method):
+            raise CliError(f"{flag} is for --method {either(names_where(fact))}, not {name}")
+
+
 def prepare(args: argparse.Namespace) -> Prepared:
     """Every check that needs no audio decoded and no migration: flags and paths, the checkpoint
     (restored, refused when of another model), the chunking flags, the statistics files (refused
@@ -324,20 +337,22 @@ def prepare(args: argparse.Namespace) -> Prepared:
     codec = load_for_inference(args.checkpoint_dir)
     chunk, _ = default_chunking(codec.config, args.chunk_steps, args.overlap_steps)
     check_inference_fits(codec.config, chunk, args.batch_size)
-    if args.transpose and (codec.config.feature != "world" or args.method == "eq"):
-        raise CliError(f"--transpose needs a world checkpoint and a method other than eq (this "
-                       f"one is {codec.config.feature}, --method {args.method})")
+    if args.transpose and (codec.config.feature != "world"
+                           or not METHODS[args.method].transposes):
+        fixed = either(names_where(lambda m: not m.transposes))
+        raise CliError(f"--transpose needs a world checkpoint and a method other than {fixed} "
+                       f"(this one is {codec.config.feature}, --method {args.method})")
     for name in (args.target_singer, args.source_singer):
         if name is not None:
             codec.singer_id(name)  # refuses an unconditional checkpoint or an unknown name
     reference = None
-    if args.method == "eq":
+    if METHODS[args.method].reference == BINS:
         list_audio(args.reference)
         reference = StatsSource("reference", None, args.reference)
     elif args.reference:
         reference = open_stats(args.reference, codec, "reference")
     source_stats = None
-    if args.source_stats and NEEDS_SOURCE[args.method]:
+    if args.source_stats and METHODS[args.method].needs_source_stats:
         source_stats = open_stats(args.source_stats, codec, "source stats")
     elif args.source_stats:
         _warn(f"--source_stats is not used by method {args.method!r}")
@@ -346,7 +361,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
             _warn("--overwrite is for a folder --source; one song's --output is always replaced")
         return Prepared(args, codec, reference, source_stats)
     if (codec.singers and args.save_reference_stats and reference is not None
-            and args.method != "eq" and args.source_singer is None):
+            and METHODS[args.method].reference == LATENT and args.source_singer is None):
         raise CliError("--save_reference_stats of a folder on a conditional checkpoint needs "
                        "--source_singer: the statistics are in the source singer's coordinates, "
                        "and the most likely singer may differ from song to song")

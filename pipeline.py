@@ -45,11 +45,11 @@ from utils.audio.signal import check_invertible
 from utils.evaluation.plots import spectrogram_image  # noqa: F401 (re-exported)
 from utils.runs.run_folder import CheckpointMismatch, RunFolder, check_checkpoint_dir  # noqa: F401
 from utils.runs.run_folder import SaveFailed, check_unlocked, restore_model  # noqa: F401
+from utils.training.data import TrainingData, prepare_training_data
 from utils.training.distribute import Collectives, cluster_size, make_strategy  # noqa: F401 (re-exported)
 from utils.training.optimizer import SummedGradientAdam, WarmupSchedule
 from utils.training.precision import MixedPrecision
 from utils.training.stop_signals import STOP_SIGNALS, StopRequest, signal_name
-from utils.training.data import TrainingData, prepare_training_data
 # The metrics are re-exported: ``from pipeline import StepMetrics`` keeps working.
 from utils.training.metrics import (  # noqa: F401
     ReplicaMetrics,

@@ -6,7 +6,8 @@ import pytest
 from common_definitions import Config
 from utils.evaluation.frame_judge import FrameJudge
 from utils.evaluation.metrics import snr_db
-from utils.migration.eq_baseline import BinStats, eq_song, song_bin_stats
+from utils.migration.bin_stats import BinStats, song_bin_stats
+from utils.migration.eq_baseline import eq_song
 
 RATE = 16000
 

@@ -6,7 +6,8 @@ import pytest
 
 from common_definitions import Config
 from utils.evaluation.metrics import snr_db
-from utils.migration.eq_baseline import BinStats, eq_song
+from utils.migration.bin_stats import BinStats
+from utils.migration.eq_baseline import eq_song
 from utils.migration.harmonic_band import RAMP_HZ, envelope, keep_harmonics
 
 RATE, BINS = 16000, 256

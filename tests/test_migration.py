@@ -1,7 +1,7 @@
-"""Migration: the methods' algebra (utils/migration/latent_moves.py), streaming statistics and their
-persistence (utils/runs/latent_stats.py), chunked whole-song processing (utils/runs/song_chunks.py,
-utils/runs/codec.py), and (with a small model trained here) migration on the demo corpus
-(utils/migration/registry.py, evaluate.py)."""
+"""Migration: the latent moves' algebra (utils/migration/latent_moves.py), streaming statistics and
+their persistence (utils/runs/latent_stats.py), chunked whole-song processing
+(utils/runs/song_chunks.py, utils/runs/codec.py), and (with a small model trained here) migration
+on the demo corpus (utils/migration/registry.py, evaluate.py)."""
 
 import math
 import os
@@ -14,9 +14,11 @@ from common_definitions import Config
 from model import Glow
 from utils.audio.features import FeatureStats
 from utils.audio.signal import AudioError, load_audio
+from utils.errors import MigrationError
 from utils.evaluation.metrics import snr_db
 from utils.migration import latent_moves as methods
-from utils.migration import registry as migration
+from utils.migration.latent_moves import bound_features
+from utils.migration.registry import LATENT_METHODS, METHODS, method_class
 from utils.runs import latent_stats, song_chunks
 from utils.runs.codec import Codec
 
@@ -37,6 +39,16 @@ def _stats(z, config=None):
     return latent_stats.LatentStats(config or Config(), LAYOUT).update(z, STEPS)
 
 
+def apply_method(name, z, source, reference, strength):
+    """The latent move ``name`` of the registry on latents ``z`` (B, D)."""
+    return method_class(name).move_latents(z, source, reference, strength)
+
+
+def migrate_song(codec, samples, method, strength, reference, **options):
+    """The latent move ``method`` of the registry, fitted to ``reference``, on one song."""
+    return METHODS[method](codec, reference).transform(samples, strength, **options)
+
+
 def _pooled(z):
     """Per-level (w, c) mean and variance of z pooled over batch and time, by plain numpy."""
     pieces = latent_stats.split_latent(np.asarray(z, np.float64), LAYOUT, STEPS)
@@ -45,12 +57,12 @@ def _pooled(z):
 
 
 # ----------------------------------------------------------------------------- algebra
-@pytest.mark.parametrize("method", sorted(methods.METHODS))
+@pytest.mark.parametrize("method", sorted(LATENT_METHODS))
 def test_strength_zero_is_the_identity(method):
     rng = np.random.default_rng(0)
     z = _toy_latents(16, rng)
     src, ref = _stats(z).moments(STEPS), _stats(_toy_latents(16, rng, 1.0, 2.0)).moments(STEPS)
-    out = methods.apply_method(method, z, src, ref, 0.0)
+    out = apply_method(method, z, src, ref, 0.0)
     np.testing.assert_array_equal(out, z)
 
 
@@ -68,7 +80,7 @@ def test_shift_moves_the_mean_by_strength_times_delta(strength):
     rng = np.random.default_rng(2)
     z_src, z_ref = _toy_latents(64, rng), _toy_latents(64, rng, 1.0, 3.0)
     src, ref = _stats(z_src), _stats(z_ref)
-    out = methods.apply_method("shift", z_src, src.moments(STEPS), ref.moments(STEPS), strength)
+    out = apply_method("shift", z_src, src.moments(STEPS), ref.moments(STEPS), strength)
     moved = _stats(out)
     for level in range(len(LAYOUT)):
         np.testing.assert_allclose(
@@ -82,13 +94,13 @@ def test_match_at_full_strength_gives_the_reference_moments_on_the_source_set():
     rng = np.random.default_rng(3)
     z_src, z_ref = _toy_latents(64, rng), _toy_latents(48, rng, -1.0, 4.0)
     src, ref = _stats(z_src), _stats(z_ref)
-    out = methods.apply_method("match", z_src, src.moments(STEPS), ref.moments(STEPS), 1.0)
+    out = apply_method("match", z_src, src.moments(STEPS), ref.moments(STEPS), 1.0)
     means, variances = _pooled(out)
     for level in range(len(LAYOUT)):
         np.testing.assert_allclose(means[level], ref.mean[level], atol=1e-5)
         np.testing.assert_allclose(np.sqrt(variances[level]), ref.std[level], rtol=1e-5)
     # Half strength lands halfway in latent space.
-    half = methods.apply_method("match", z_src, src.moments(STEPS), ref.moments(STEPS), 0.5)
+    half = apply_method("match", z_src, src.moments(STEPS), ref.moments(STEPS), 0.5)
     np.testing.assert_allclose(half, (z_src + out) / 2, atol=1e-5)
 
 
@@ -96,12 +108,12 @@ def test_methods_refuse_bad_arguments():
     rng = np.random.default_rng(4)
     z = _toy_latents(4, rng)
     ref = _stats(z).moments(STEPS)
-    with pytest.raises(methods.MigrationError, match="needs source statistics"):
-        methods.apply_method("match", z, None, ref, 1.0)
-    with pytest.raises(methods.MigrationError, match="unknown method"):
-        methods.apply_method("average", z, ref, ref, 1.0)
-    with pytest.raises(methods.MigrationError, match="finite"):
-        methods.apply_method("shift", z, ref, ref, float("nan"))
+    with pytest.raises(MigrationError, match="needs source statistics"):
+        apply_method("match", z, None, ref, 1.0)
+    with pytest.raises(MigrationError, match="unknown method"):
+        apply_method("average", z, ref, ref, 1.0)
+    with pytest.raises(MigrationError, match="finite"):
+        apply_method("shift", z, ref, ref, float("nan"))
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -145,15 +157,15 @@ def test_npz_round_trip_and_refusal_of_another_config(tmp_path):
         np.testing.assert_allclose(loaded.var[level], stats.var[level], rtol=1e-12)
     # Fields outside the model signature (paths, training length) do not matter.
     latent_stats.LatentStats.load(path, config.replace(epochs=99, checkpoint_dir="elsewhere"))
-    with pytest.raises(migration.MigrationError) as caught:
+    with pytest.raises(MigrationError) as caught:
         latent_stats.LatentStats.load(path, config.replace(k_glow=3))
     message = str(caught.value)
     assert "\n" not in message and "k_glow=2" in message
     not_stats = tmp_path / "junk.npz"
     not_stats.write_bytes(b"not an npz")
-    with pytest.raises(migration.MigrationError, match="not a latent statistics file"):
+    with pytest.raises(MigrationError, match="not a latent statistics file"):
         latent_stats.LatentStats.load(str(not_stats))
-    with pytest.raises(migration.MigrationError, match="not found"):
+    with pytest.raises(MigrationError, match="not found"):
         latent_stats.LatentStats.load(str(tmp_path / "missing.npz"))
 
 
@@ -257,7 +269,7 @@ def test_audio_segments_crossfade_back_to_every_sample():
     assert sum(len(p) for p in pieces) == len(samples) and min(len(p) for p in pieces) >= 3000
 
 
-@pytest.mark.parametrize("method", sorted(methods.METHODS))
+@pytest.mark.parametrize("method", sorted(LATENT_METHODS))
 def test_strength_zero_returns_the_source_audio(tiny_model, demo_paths, method):
     """Through 3-second audio segments and 32-step chunks: many boundaries of both kinds."""
     samples = load_audio(demo_paths["virtual"][0], TINY.sampling_rate)
@@ -267,11 +279,11 @@ def test_strength_zero_returns_the_source_audio(tiny_model, demo_paths, method):
     reference = codec.latent_stats(real)
     kwargs = dict(chunk_steps=32, overlap_steps=8, segment_seconds=3.0,
                   segment_overlap_seconds=0.5)
-    result = migration.migrate_song(codec, samples, method, 0.0, reference, **kwargs)
+    result = migrate_song(codec, samples, method, 0.0, reference, **kwargs)
     assert result.samples.shape == samples.shape
     assert snr_db(samples, result.samples) >= 40.0
     # The latents did move at strength 1, so the identity above is not vacuous.
-    moved = migration.migrate_song(codec, samples, method, 1.0, reference, **kwargs)
+    moved = migrate_song(codec, samples, method, 1.0, reference, **kwargs)
     assert moved.samples.shape == samples.shape and np.isfinite(moved.samples).all()
     assert snr_db(samples, moved.samples) < 40.0
 
@@ -282,10 +294,10 @@ def test_bound_features_keeps_the_source_and_stops_blow_ups():
     reference = latent_stats.LatentStats(Config(), LAYOUT)
     reference.feature_min = np.full((6, 1), -1.0)
     reference.feature_max = np.full((6, 1), 4.0)
-    np.testing.assert_array_equal(migration.bound_features(source, source, reference), source)
+    np.testing.assert_array_equal(bound_features(source, source, reference), source)
     decoded = source.copy()
     decoded[3, 2, 0], decoded[5, 1, 0], decoded[7, 0, 0] = 1e9, np.inf, np.nan
-    bounded = migration.bound_features(decoded, source, reference)
+    bounded = bound_features(decoded, source, reference)
     assert bounded[3, 2, 0] == max(4.0, source[:, 2, 0].max())
     assert bounded[5, 1, 0] == source[5, 1, 0] and bounded[7, 0, 0] == source[7, 0, 0]
 
@@ -303,8 +315,8 @@ def test_waveform_feature_round_trips_too():
     codec = Codec(model, config, stats)
     reference = codec.latent_stats([song[::-1].copy()])
     for strength, check in ((0.0, lambda snr: snr >= 40.0), (1.0, math.isfinite)):
-        out = migration.migrate_song(codec, song, "match", strength, reference,
-                                     segment_seconds=1.0, segment_overlap_seconds=0.1).samples
+        out = migrate_song(codec, song, "match", strength, reference,
+                           segment_seconds=1.0, segment_overlap_seconds=0.1).samples
         assert out.shape == song.shape and check(snr_db(song, out))
 
 
@@ -315,14 +327,14 @@ def test_short_and_silent_sources(tiny_model):
     codec = Codec(tiny_model, TINY, stats)
     reference = codec.latent_stats([short])
     with pytest.warns(UserWarning, match="shorter than one patch"):
-        result = migration.migrate_song(codec, short, "match", 0.0, reference)
+        result = migrate_song(codec, short, "match", 0.0, reference)
     assert result.samples.shape == short.shape
     assert snr_db(short, result.samples) >= 40.0
     with pytest.raises(AudioError, match="silent"):
-        migration.migrate_song(codec, np.zeros(40000, np.float32), "match", 1.0, reference)
-    with pytest.raises(migration.MigrationError, match="another model configuration"):
-        migration.migrate_song(Codec(tiny_model, TINY.replace(hidden_channels=8), stats), short,
-                               "match", 1.0, reference)
+        migrate_song(codec, np.zeros(40000, np.float32), "match", 1.0, reference)
+    with pytest.raises(MigrationError, match="another model configuration"):
+        migrate_song(Codec(tiny_model, TINY.replace(hidden_channels=8), stats), short,
+                     "match", 1.0, reference)
 
 
 # ----------------------------------------------------------------------------- the codec
@@ -360,8 +372,9 @@ def test_codec_transform_reconstruct_and_patch_latents(tiny_model, demo_paths):
     # The move sees batches of whole chunks: 32 steps x n_bins latent dimensions each.
     assert seen and {shape[1] for shape in seen} == {32 * TINY.n_bins}
     assert max(shape[0] for shape in seen) <= 8
-    # A bound sees each segment's decoded and source features, and what it returns is heard.
-    silenced = codec.transform(samples, None, bound=lambda x, source: source * 0.0 - 20.0,
+    # What prepare maps a segment's decoded features to is what is heard.
+    silenced = codec.transform(samples, None,
+                               prepare=lambda source: (source, lambda x: source * 0.0 - 20.0),
                                **kwargs)
     assert np.abs(silenced).max() < 1e-3 * np.abs(samples).max()
 
@@ -389,13 +402,13 @@ def test_codec_folder_latent_stats_and_its_refusals(tiny_model, demo_paths, tmp_
     expected = codec.latent_stats(songs)
     np.testing.assert_array_equal(stats.count, expected.count)
     assert not skipped
-    with pytest.raises(migration.MigrationError, match="no usable song"):
+    with pytest.raises(MigrationError, match="no usable song"):
         codec.folder_latent_stats(str(tmp_path), on_skip=lambda path, _: skipped.append(path))
     assert skipped == [str(tmp_path / "notes.wav")]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(migration.MigrationError, match="no audio files"):
+    with pytest.raises(MigrationError, match="no audio files"):
         codec.folder_latent_stats(str(tmp_path / "empty"))
-    with pytest.raises(migration.MigrationError, match="not a folder"):
+    with pytest.raises(MigrationError, match="not a folder"):
         codec.folder_latent_stats(str(tmp_path / "nothing"))
 
 
@@ -438,9 +451,9 @@ def test_match_moves_a_held_out_song_toward_the_real_singer_and_keeps_its_pitch(
     codec, config = trained["codec"], trained["config"]
     source = trained["songs"]["virtual"][5]
     classifier, rate = trained["classifier"], config.sampling_rate
-    identity = migration.migrate_song(codec, source, "match", 0.0, trained["reference"]).samples
+    identity = migrate_song(codec, source, "match", 0.0, trained["reference"]).samples
     assert snr_db(source, identity) >= 40.0
-    migrated = migration.migrate_song(codec, source, "match", 1.0, trained["reference"]).samples
+    migrated = migrate_song(codec, source, "match", 1.0, trained["reference"]).samples
     assert migrated.shape == source.shape and np.isfinite(migrated).all()
     before = classifier.probability(source, "real", rate)
     after = classifier.probability(migrated, "real", rate)

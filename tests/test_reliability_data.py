@@ -499,8 +499,8 @@ def test_fifos_sockets_devices_and_unreadable_places_are_skipped_and_named(
 
 # ---------------------------------------------------------------------------------- own outputs
 def test_a_runs_outputs_inside_a_data_folder_are_never_read_as_songs(tmp_path, capsys):
-    from utils.training.data import prepare_training_data
     from utils.runs.run_folder import TaskInfo
+    from utils.training.data import prepare_training_data
 
     corpus = make_corpus(tmp_path / "audio")
     real = corpus.dirs[0]

@@ -287,8 +287,8 @@ def test_a_run_folder_from_before_the_tie_still_loads(run, tiny_run, tmp_path):
 def test_reference_statistics_of_other_weights_are_refused(run, tiny_run, demo_corpus,
                                                            tmp_path, capsys):
     import migrate
-    from utils.migration.folders import Console
     from utils.errors import MigrationError
+    from utils.migration.folders import Console
     from utils.migration.targets import StatsSource, compute_stats, open_stats
     from utils.runs.latent_stats import LatentStats, weights_fingerprint
 

@@ -654,7 +654,7 @@ def test_refused_before_any_work_with_nothing_created(case, corpus, tmp_path):
 MEMORY = """
 import json, sys, time
 import numpy as np
-from utils.migration import registry as migration
+from utils.migration.latent_moves import Midpoint
 from utils.runs.run_folder import load_for_inference
 
 
@@ -673,7 +673,7 @@ t = np.arange(10 * rate) / rate
 phrase = (0.3 * np.sin(2 * np.pi * np.cumsum(220 + 30 * np.sin(2 * np.pi * 0.3 * t)) / rate)
           ).astype(np.float32)
 options = dict(chunk_steps=256, batch_size=16)
-migration.migrate_song(codec, phrase, "midpoint", 1.0, reference, **options)
+Midpoint(codec, reference).transform(phrase, 1.0, **options)
 report = []
 for minutes in (1, 30):
     song = np.resize(phrase, minutes * 60 * rate)
@@ -681,8 +681,7 @@ for minutes in (1, 30):
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")  # reset VmHWM, the peak resident set size
     began = time.perf_counter()
-    out = migration.migrate_song(codec, song, "midpoint", 1.0, reference,
-                                 **options).samples
+    out = Midpoint(codec, reference).transform(song, 1.0, **options).samples
     report.append({"minutes": minutes, "growth": status("VmHWM") - before,
                    "seconds": time.perf_counter() - began, "song_bytes": song.nbytes,
                    "length_ok": out.shape == song.shape, "finite": bool(np.isfinite(out).all()),

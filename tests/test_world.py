@@ -9,8 +9,10 @@ import pytest
 from common_definitions import Config
 from utils.audio.features import FeatureStats, features_to_song, song_to_features
 from utils.audio.signal import load_audio
-from utils.evaluation.metrics import compare_pitch, pitch_track, snr_db
 from utils.errors import MigrationError
+from utils.evaluation.metrics import compare_pitch, pitch_track, snr_db
+from utils.migration.convert import Convert
+from utils.migration.rendering import render_on_source
 
 pytest.importorskip("pyworld")
 
@@ -192,23 +194,23 @@ def test_a_tiny_conditional_world_model_converts_and_keeps_the_melody(world_run,
     resynthesis = world_features.resynthesize(song, codec.config)
     assert snr_db(resynthesis, codec.reconstruct(song)) >= 60.0
     # Conversions are rendered on the source: strength 0 is the song itself, not WORLD's copy.
-    assert snr_db(song, codec.convert(song, "virtual", 0.0)) >= 60.0
+    assert snr_db(song, Convert(codec, "virtual").transform(song, 0.0).samples) >= 60.0
     assert snr_db(song, resynthesis) < 20.0
-    converted = codec.convert(song, "virtual", 1.0)
+    converted = Convert(codec, "virtual").transform(song, 1.0).samples
     assert converted.shape == song.shape and np.isfinite(converted).all()
     pitch = compare_pitch(pitch_track(song, RATE)[0], pitch_track(converted, RATE)[0])
     assert pitch["raw_pitch_accuracy"] >= 0.9, pitch  # the source's F0, whatever the envelope
     # So are the latent moves.
-    from utils.migration.registry import migrate_song
+    from utils.migration.latent_moves import Match
 
     reference = codec.latent_stats([song])
     for strength in (0.0, 1.0):
-        moved = migrate_song(codec, song, "match", strength, reference).samples
+        moved = Match(codec, reference).transform(song, strength).samples
         assert moved.shape == song.shape and np.isfinite(moved).all()
         if not strength:
             assert snr_db(song, moved) >= 60.0
     with pytest.raises(MigrationError, match="harmonic_hz is for the spectrogram feature"):
-        codec.convert(song, "virtual", 1.0, harmonic_hz=1000.0)
+        Convert(codec, "virtual", harmonic_hz=1000.0)
     transposed = codec.transform(song, None, semitones=-12.0)
     moved = compare_pitch(pitch_track(song, RATE)[0] / 2.0, pitch_track(transposed, RATE)[0])
     assert moved["raw_pitch_accuracy"] >= 0.9, moved
@@ -216,14 +218,13 @@ def test_a_tiny_conditional_world_model_converts_and_keeps_the_melody(world_run,
 
 def test_a_change_rendered_on_the_source_keeps_it_and_adds_what_world_adds(song):
     analysis = world_features.analyse(song, WORLD)
-    same = world_features.render_on_source(analysis.features, analysis.features, analysis.f0,
-                                           song, WORLD)
+    same = render_on_source(analysis.features, analysis.features, analysis.f0, song, WORLD)
     assert same.shape == song.shape and snr_db(song, same) >= 60.0
     # Twice the envelope's amplitude (its coded log-power cepstrum's first coefficient raised
     # by log 4): WORLD's synthesis doubles, so the song gains one more copy of its level.
     louder = analysis.features.copy()
     louder[:, 0, 0] += np.log(4.0) * _dc_scale(analysis.features)
-    loud = world_features.render_on_source(louder, analysis.features, analysis.f0, song, WORLD)
+    loud = render_on_source(louder, analysis.features, analysis.f0, song, WORLD)
     resynthesis = world_features.synthesize(analysis.features, analysis.f0, WORLD, len(song))
     gain = np.sqrt(np.mean(loud ** 2)) / np.sqrt(np.mean(song ** 2))
     expected = 1.0 + np.sqrt(np.mean(resynthesis ** 2)) / np.sqrt(np.mean(song ** 2))

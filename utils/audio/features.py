@@ -257,7 +257,7 @@ class SongFeatures:
     f0: WORLD's F0 ``(num_steps,)`` in Hz, 0 where unvoiced (``world`` feature), else ``None``:
         what every decode resynthesises with, so the melody is kept exactly.
     samples: the analysed song ``(num_samples,)`` float32 (``world`` feature, else ``None``):
-        what :func:`features_to_song` renders a change on with ``on_source``.
+        what a change is rendered on (:func:`utils.migration.rendering.on_source`).
     """
 
     x: np.ndarray
@@ -349,7 +349,6 @@ def features_to_song(
     song: Optional[SongFeatures] = None,
     use_phase: bool = True,
     semitones: float = 0.0,
-    on_source: bool = False,
 ) -> np.ndarray:
     """Samples float32 ``[num_samples]`` from normalised features ``x (T, W, C)``.
 
@@ -358,11 +357,8 @@ def features_to_song(
     ``use_phase`` is False, world features its F0 (transposed by ``semitones``). Without
     ``song`` all ``T`` steps are kept, spectrograms are inverted with Griffin-Lim and world
     features are synthesised unvoiced (no F0: a whisper). Waveforms are simply unfolded.
-
-    ``on_source`` (world, with ``song`` and no transposition): render the change from
-    ``song.x`` to ``x`` on the song's own samples
-    (:func:`utils.audio.world.render_on_source`) instead of resynthesising ``x``; ``x ==
-    song.x`` then returns the song itself.
+    (A migration renders a world change on the song's own samples instead:
+    :func:`utils.migration.rendering.on_source`.)
     """
     features = stats.denormalize(np.asarray(x, np.float32))
     steps = song.num_steps if song is not None else len(features)
@@ -370,11 +366,6 @@ def features_to_song(
     if config.feature == "world":
         from utils.audio.world import synthesize
 
-        if on_source and song is not None and song.samples is not None and not semitones:
-            from utils.audio.world import render_on_source
-
-            source = stats.denormalize(np.asarray(song.x, np.float32))[:steps]
-            return render_on_source(features, source, song.f0, song.samples, config)
         f0 = song.f0 if song is not None else np.zeros(steps)
         num_samples = song.num_samples if song is not None else (steps - 1) * config.hop_length
         return synthesize(features, f0, config, num_samples, semitones)

@@ -22,11 +22,8 @@ not the waveform itself (WORLD does not keep the phase), and its SNR against the
 ceiling of this feature (see README). Decoding what was encoded gives back these features to
 float32 precision, hence the same resynthesis.
 
-:func:`render_on_source` renders a change of the features without that ceiling: the change WORLD's
-resynthesis undergoes, per STFT bin, is added to the song's own STFT magnitude under the song's
-phase, so an unchanged song comes back to float32 precision and a changed one keeps every detail
-WORLD does not model (every migration of a world checkpoint is rendered so, unless it
-transposes).
+A migration renders a change of the features without that ceiling, on the song's own samples
+(:func:`utils.migration.rendering.render_on_source`).
 
 Units: samples are float32 in [-1, 1] at ``config.sampling_rate`` Hz; F0 in Hz; coded
 coefficients are unit-free (log-amplitude cepstra).
@@ -184,32 +181,6 @@ def synthesize(features: np.ndarray, f0: np.ndarray, config: Config,
         out = out[:num_samples] if len(out) >= num_samples else np.pad(
             out, (0, num_samples - len(out)))
     return out
-
-
-def render_on_source(features: np.ndarray, source_features: np.ndarray, f0: np.ndarray,
-                     samples: np.ndarray, config: Config) -> np.ndarray:
-    """A change of a song's WORLD features applied to the song itself: float32 ``(N,)``.
-
-    ``samples (N,)`` is the song, ``source_features`` its (unnormalised) :func:`analyse`
-    features and ``f0`` its F0, ``features`` the changed ones (all ``(T, world_dims, 2)``).
-    Both feature sets are synthesised with the song's F0 (WORLD's synthesis is deterministic:
-    the same features give the same samples), and in every STFT bin
-    (``config.n_fft`` / ``config.hop_length``) the song's magnitude moves by the difference of
-    the two syntheses' magnitudes (floored at 0), under the song's phase. The song keeps its
-    harmonics, phase and everything else WORLD does not model; what the change adds (e.g. the
-    breath noise of a converted aperiodicity, energy where the song had none) comes from WORLD.
-    ``features == source_features`` gives ``samples`` back to float32 precision.
-    """
-    from utils.audio.signal import istft, stft
-
-    samples = np.asarray(samples, np.float32).reshape(-1)
-    num_samples = len(samples)
-    song = stft(samples, config).numpy()
-    changed, same = (np.abs(stft(synthesize(f, f0, config, num_samples), config).numpy())
-                     for f in (features, source_features))
-    magnitude = np.maximum(np.abs(song) + changed - same, 0.0)
-    moved = (magnitude * np.exp(1j * np.angle(song))).astype(np.complex64)
-    return istft(moved, config, num_samples).numpy().astype(np.float32)
 
 
 def resynthesize(samples: np.ndarray, config: Config, semitones: float = 0.0) -> np.ndarray:

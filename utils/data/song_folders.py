@@ -14,8 +14,8 @@ import numpy as np
 
 from common_definitions import Config
 from utils.audio.signal import AudioError, check_audio, load_audio
-from utils.files import AUDIO_EXTENSIONS, audio_files
 from utils.errors import MigrationError
+from utils.files import AUDIO_EXTENSIONS, audio_files
 
 
 def list_audio(folder: str) -> List[str]:

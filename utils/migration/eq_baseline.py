@@ -9,81 +9,37 @@ contrast change): whatever it achieves, a model must beat.
 For a source song with per-bin log-magnitude mean ``m_s`` and standard deviation ``s_s`` and a
 reference set with ``m_r``, ``s_r`` (each ``(bins,)``), a frame ``x`` moves to
 ``x + a * (m_r + (x - m_s) * s_r / s_s - x)``; strength ``a = 0`` returns the source exactly.
-Frames more than :data:`SILENCE_NATS` below the song's loudest frame are left as they are, so the
-digital silence of a clean source is not lifted to the reference's noise level.
+Frames more than :data:`~utils.migration.bin_stats.SILENCE_NATS` below the song's loudest frame
+are left as they are, so the digital silence of a clean source is not lifted to the reference's
+noise level.
+
+:class:`Eq` is the method of the registry: fitted to a reference set's
+:class:`~utils.migration.bin_stats.BinStats`, it runs :func:`eq_song`. The STFT (TensorFlow) is
+imported when a song is processed, not when this module loads: the registry that lists
+:class:`Eq` is read before TensorFlow loads.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from common_definitions import Config
-from utils.audio.signal import spectrogram, spectrogram_to_audio
-from utils.errors import SinGlowError
+from utils.errors import MigrationError
+from utils.migration.bin_stats import BinStats, loud
 from utils.migration.harmonic_band import keep_harmonics
+from utils.migration.method import (
+    BINS,
+    MigrationMethod,
+    MigrationResult,
+    MigrationTarget,
+    check_strength,
+)
+from utils.runs.latent_stats import LatentStats
 
-# 60 dB of amplitude in nats of log-magnitude: frames below the loudest by more are silence.
-SILENCE_NATS = 60.0 / 20.0 * np.log(10.0)
-# Per-bin standard deviations are floored here (nats) so that a constant bin cannot blow up.
-MIN_STD_NATS = 1e-3
-
-
-@dataclasses.dataclass
-class BinStats:
-    """Per-bin moments of log-magnitude STFT frames (nats): ``count`` frames, ``mean`` and
-    ``m2`` (sum of squared deviations) of shape ``(bins,)``, in float64; streamed with Chan's
-    parallel update so any split of the frames gives the same result."""
-
-    count: int
-    mean: np.ndarray
-    m2: np.ndarray
-
-    @classmethod
-    def empty(cls, bins: int) -> "BinStats":
-        return cls(0, np.zeros(bins), np.zeros(bins))
-
-    def add(self, log_mag: np.ndarray) -> "BinStats":
-        """Add the non-silent frames of one song's ``(frames, bins)`` log-magnitudes."""
-        frames = _loud_frames(np.asarray(log_mag, np.float64))
-        n = len(frames)
-        if n:
-            mean = frames.mean(axis=0)
-            m2 = np.square(frames - mean).sum(axis=0)
-            total = self.count + n
-            delta = mean - self.mean
-            self.mean = self.mean + delta * (n / total)
-            self.m2 = self.m2 + m2 + np.square(delta) * (self.count * n / total)
-            self.count = total
-        return self
-
-    @property
-    def std(self) -> np.ndarray:
-        if not self.count:
-            raise SinGlowError("no non-silent frame to compute per-bin statistics from")
-        return np.maximum(np.sqrt(self.m2 / self.count), MIN_STD_NATS)
-
-
-def _loud(log_mag: np.ndarray) -> np.ndarray:
-    """(frames,) True where a frame's loudest bin is within SILENCE_NATS of the song's."""
-    peak = log_mag.max(axis=1)
-    return peak > peak.max() - SILENCE_NATS
-
-
-def _loud_frames(log_mag: np.ndarray) -> np.ndarray:
-    return log_mag[_loud(log_mag)] if len(log_mag) else log_mag
-
-
-def song_bin_stats(songs: Iterable[np.ndarray], config: Config) -> BinStats:
-    """:class:`BinStats` of songs given as samples (N,) at ``config.sampling_rate`` Hz."""
-    stats = BinStats.empty(config.n_bins)
-    for samples in songs:
-        log_mag, _ = spectrogram(np.asarray(samples, np.float32), config)
-        stats.add(log_mag.numpy())
-    return stats
-
+if TYPE_CHECKING:  # the codec loads TensorFlow
+    from utils.runs.codec import Codec
 
 def eq_song(samples: np.ndarray, config: Config, reference: BinStats, strength: float,
             source: Optional[BinStats] = None, harmonic_hz: float = 0.0) -> np.ndarray:
@@ -91,17 +47,57 @@ def eq_song(samples: np.ndarray, config: Config, reference: BinStats, strength: 
 
     ``source`` defaults to the song's own statistics; the source phase is kept, so pitch and
     timing stay where they were. ``harmonic_hz > 0`` applies the change below that frequency as
-    its envelope only (:func:`utils.migration.harmonic_band.keep_harmonics`, what ``convert`` does by
-    default): not the baseline, the ablation that shows what the flow adds beside it.
+    its envelope only (:func:`utils.migration.harmonic_band.keep_harmonics`, what ``convert``
+    does by default): not the baseline, the ablation that shows what the flow adds beside it.
     """
+    from utils.audio.signal import spectrogram, spectrogram_to_audio
+
     samples = np.asarray(samples, np.float32).reshape(-1)
     log_mag, phase = spectrogram(samples, config)
     log_mag = log_mag.numpy().astype(np.float64)
     source = source if source is not None else BinStats.empty(config.n_bins).add(log_mag)
     matched = reference.mean + (log_mag - source.mean) * (reference.std / source.std)
     moved = log_mag + float(strength) * (matched - log_mag)
-    loud = _loud(log_mag)[:, None]
-    out = np.where(loud, moved, log_mag).astype(np.float32)
+    out = np.where(loud(log_mag)[:, None], moved, log_mag).astype(np.float32)
     if harmonic_hz:
         out = keep_harmonics(out, log_mag, config.sampling_rate, harmonic_hz)
     return spectrogram_to_audio(out, phase, config, len(samples)).numpy()
+
+
+class Eq(MigrationMethod):
+    """The ``eq`` baseline as a method: :func:`eq_song` toward a reference set's :class:`BinStats`
+    (``harmonic_hz > 0``: convert's harmonic band, an ablation). Needs no model; the codec
+    gives the Config and checks the songs.
+    """
+
+    name = "eq"
+    help = "the no-model baseline: per-bin moment matching of the log-STFT"
+    reference = BINS
+    takes_harmonic_hz = True
+    uses_model = False
+    transposes = False
+
+    def __init__(self, codec: "Codec", reference: BinStats, harmonic_hz: float = 0.0):
+        super().__init__(codec)
+        self.stats = reference
+        self.harmonic_hz = float(harmonic_hz)
+
+    @classmethod
+    def fit(cls, codec: "Codec", target: MigrationTarget) -> "Eq":
+        if target.bins is None:
+            raise MigrationError("eq needs the per-bin statistics of a reference set")
+        return cls(codec, target.bins, target.harmonic_hz or 0.0)
+
+    def transform(self, samples: np.ndarray, strength: float,
+                  source_stats: Optional[LatentStats] = None, *, semitones: float = 0.0,
+                  **options) -> MigrationResult:
+        """``eq`` on the whole song's STFT: ``source_stats`` and ``options`` (chunking,
+        Griffin-Lim) do not apply; a transposition is refused."""
+        strength = check_strength(strength)
+        if semitones:
+            raise MigrationError("eq works on the STFT and cannot transpose; use a world "
+                                 "checkpoint's other methods")
+        samples = self.codec.check(samples)
+        out = eq_song(samples, self.codec.config, self.stats, strength,
+                      harmonic_hz=self.harmonic_hz)
+        return MigrationResult(out, None)

@@ -2,11 +2,12 @@
 
 A run names its statistics up front (``--reference``: a folder of songs or a latent statistics
 ``.npz``; ``--source_stats`` likewise) and :func:`open_stats` refuses unusable ones before any
-work. :class:`Targets` then computes what the method needs the first time a song needs it and
-reuses it for every later song: the reference's latent statistics (``midpoint``, ``shift``,
-``match``) or per-bin log-STFT statistics (``eq``), and the ``--source_stats``. Latent statistics
-of a singer-conditional checkpoint are in the coordinates of the singer the songs are encoded
-under, so they are kept per source singer; per-bin statistics need no model and are computed once.
+work. :class:`Targets` then computes what the method needs the first time a song needs it, fits
+the method (:mod:`utils.migration.registry`) and reuses both for every later song: the
+reference's latent statistics (the latent moves) or per-bin log-STFT statistics (``eq``), and the
+``--source_stats``. Latent statistics of a singer-conditional checkpoint are in the coordinates of
+the singer the songs are encoded under, so they and the fitted method are kept per source singer;
+per-bin statistics need no model and are computed once.
 
 Progress and skipped reference songs are reported on a :class:`utils.migration.folders.Console`
 (one line each, without tearing a progress bar).
@@ -19,11 +20,12 @@ import os
 from typing import TYPE_CHECKING, Dict, NamedTuple, Optional, Tuple
 
 from utils.cli import CliError
+from utils.migration.bin_stats import BinStats, song_bin_stats
 from utils.migration.folders import Console
+from utils.migration.method import BINS, MigrationMethod, MigrationTarget
+from utils.migration.registry import fit, method_class
 
 if TYPE_CHECKING:  # imported for real only when used (TensorFlow loads with the codec)
-    from utils.migration.eq_baseline import BinStats
-    from utils.migration.registry import MigrationTarget
     from utils.runs.codec import Codec
     from utils.runs.latent_stats import LatentStats
 
@@ -67,11 +69,9 @@ def compute_stats(source: StatsSource, codec: "Codec", console: Console) -> "Lat
     return codec.folder_latent_stats(source.folder, on_skip=skipped)
 
 
-def bin_stats(folder: str, codec: "Codec", console: Console) -> "BinStats":
+def bin_stats(folder: str, codec: "Codec", console: Console) -> BinStats:
     """Per-bin log-STFT statistics (nats) of every usable song under ``folder`` (the ``eq``
     target)."""
-    from utils.migration.eq_baseline import song_bin_stats
-
     def skipped(song_path: str, reason: str) -> None:
         console.warn(f"reference: skipping {song_path}: {reason}")
 
@@ -96,33 +96,38 @@ class Targets:
         self.reference = reference
         self.source_stats = source_stats
         self.console = console
-        self._cache: Dict[Optional[str], Tuple["MigrationTarget", Optional["LatentStats"]]] = {}
+        self._bins: Optional[BinStats] = None
+        self._fitted: Dict[Optional[str], Tuple[MigrationMethod, Optional["LatentStats"]]] = {}
 
-    def of(self, codec: "Codec") -> Tuple["MigrationTarget", Optional["LatentStats"]]:
-        """``(MigrationTarget, source statistics or None)`` for songs encoded under ``codec``
-        (under its :attr:`~utils.runs.codec.Codec.singer` on a conditional checkpoint).
+    def of(self, codec: "Codec") -> Tuple[MigrationMethod, Optional["LatentStats"]]:
+        """``(the run's method fitted for songs encoded under codec, source statistics or
+        None)``: under its :attr:`~utils.runs.codec.Codec.singer` on a conditional checkpoint.
 
         Raises:
             MigrationError: a reference or source folder without one usable song.
         """
-        from utils.migration.registry import MigrationTarget
+        key = codec.singer
+        if key not in self._fitted:
+            method = fit(self.args.method, codec, self._target(codec))
+            source_stats = None
+            if self.source_stats is not None:
+                source_stats = compute_stats(self.source_stats, codec, self.console)
+            self._fitted[key] = (method, source_stats)
+        return self._fitted[key]
 
+    def _target(self, codec: "Codec") -> MigrationTarget:
+        """What the run's method is fitted to for songs encoded under ``codec``."""
         args = self.args
-        key = None if args.method in ("eq", "convert") else codec.singer
-        if key in self._cache:
-            return self._cache[key]
         target = MigrationTarget(singer=args.target_singer,
                                  source_moments=getattr(args, "source_moments", None),
                                  harmonic_hz=getattr(args, "harmonic_hz", None))
-        if args.method == "eq":
-            target.bins = bin_stats(self.reference.folder, codec, self.console)
+        if method_class(args.method).reference == BINS:
+            if self._bins is None:
+                self._bins = bin_stats(self.reference.folder, codec, self.console)
+            target.bins = self._bins
         elif self.reference is not None:
             target.latent = compute_stats(self.reference, codec, self.console)
             if args.save_reference_stats:
                 target.latent.save(args.save_reference_stats)
                 self.console.info(f"saved reference statistics to {args.save_reference_stats}")
-        source_stats = None
-        if self.source_stats is not None:
-            source_stats = compute_stats(self.source_stats, codec, self.console)
-        self._cache[key] = (target, source_stats)
-        return target, source_stats
+        return target

@@ -9,19 +9,22 @@ code. It offers, for a song given as samples:
   fully convolutional); exact inverses with the song's own STFT phase;
 - :meth:`Codec.transform`: encode -> ``move(z)`` -> decode through audio segments and feature
   chunks (:mod:`utils.runs.song_chunks`), so memory is flat in the song's length and the model only
-  sees training-sized inputs; :meth:`Codec.reconstruct` is its identity;
+  sees training-sized inputs; :meth:`Codec.reconstruct` is its identity. What a migration method
+  does around it (what each segment encodes, what its decode becomes, how that is rendered) is
+  handed in as functions (:mod:`utils.migration.rendering`), never a branch in here;
 - :meth:`Codec.latent_stats` and :meth:`Codec.folder_latent_stats`: the
   :class:`~utils.runs.latent_stats.LatentStats` of songs or of a folder of songs, streamed over their
   aligned, non-overlapping patches.
 
 Units: audio is mono float32 samples at ``config.sampling_rate`` Hz; features are normalised
 ``(T, W, C)`` arrays (T in STFT frames or folded samples); latents are whitened (~N(0, 1) under
-the model); log-determinants are in nats. This module imports no training code and not
-:mod:`utils.runs.run_folder` (which imports it).
+the model); log-determinants are in nats. This module imports no training code, no migration
+code and not :mod:`utils.runs.run_folder` (which imports it).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple
@@ -29,17 +32,9 @@ from typing import Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Seq
 import numpy as np
 
 from common_definitions import Config
-from utils.audio.features import (
-    FeatureStats,
-    SongFeatures,
-    features_to_song,
-    song_to_features,
-    sounding_frames,
-)
+from utils.audio.features import FeatureStats, SongFeatures, features_to_song, song_to_features
 from utils.audio.signal import AudioError, check_audio
-from utils.audio.world import bound_envelope
 from utils.data.song_folders import iter_folder_songs
-from utils.migration.harmonic_band import DEFAULT_HARMONIC_HZ, keep_harmonics
 from utils.errors import MigrationError
 from utils.runs.latent_stats import LatentStats, weights_fingerprint
 from utils.runs.song_chunks import (
@@ -52,15 +47,13 @@ from utils.runs.song_chunks import (
     transform_features,
 )
 
-# How far (in normalised units: training standard deviations per bin) converted features may
-# leave the source's per-bin range before they count as a blown-up inverse.
-CONVERT_MARGIN = 1.0
-# What convert standardises a source by, per feature (Codec.convert's source_moments).
-SOURCE_MOMENTS = {"spectrogram": "song", "world": "singer", "waveform": "singer"}
 # A latent move: chunk latents (B, D) float32 -> moved latents of the same shape.
 LatentMove = Callable[[np.ndarray], np.ndarray]
-# A feature bound: (decoded (T, W, C), source (T, W, C)) -> bounded (T, W, C), all normalised.
-FeatureBound = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# A segment's normalised features (T, W, C) -> (what is encoded instead, a map of the decoded
+# features to what is rendered, or None), computed once per segment.
+Prepare = Callable[[np.ndarray], Tuple[np.ndarray, Optional[Callable[[np.ndarray], np.ndarray]]]]
+# (normalised features (T, W, C), the SongFeatures of the segment) -> samples (N,) float32.
+Render = Callable[[np.ndarray, SongFeatures], np.ndarray]
 
 
 class EncodedSong(NamedTuple):
@@ -118,13 +111,15 @@ class SingerConditioning:
         model; its latent statistics and moves then live in that singer's coordinates)."""
         return type(self)(self.model, self.config, self.stats, self.singers, name)
 
-    def _need_condition(self) -> None:
+    def check_singer(self) -> None:
+        """Raise :class:`MigrationError` (one line) when a conditional model has no singer to
+        encode under (see :meth:`with_singer`)."""
         if self.singers and self.condition is None:
             raise MigrationError(f"this checkpoint is singer-conditional ({', '.join(self.singers)}):"
                                  " choose the singer to encode under")
 
     def _batch_condition(self, batch: int):
-        self._need_condition()
+        self.check_singer()
         if self.condition is None:
             return None
         return np.repeat(self.condition[None], batch, axis=0)
@@ -163,7 +158,8 @@ class Codec(SingerConditioning):
         singers: a singer-conditional model's singer names in id order (``singers.json``);
             empty for an unconditional model.
         singer: for a conditional model, the singer every encode and decode is done under
-            (see :meth:`with_singer`); :meth:`convert` decodes under another one.
+            (see :meth:`with_singer`); :meth:`transform` may decode under another one
+            (:class:`utils.migration.convert.Convert`).
     """
 
     def __init__(self, model, config: Config, stats: FeatureStats, singers: Sequence[str] = (),
@@ -197,17 +193,16 @@ class Codec(SingerConditioning):
         return song_to_features(samples, self.config, self.stats)
 
     def to_audio(self, x: np.ndarray, song: Optional[SongFeatures] = None,
-                 use_phase: bool = True, semitones: float = 0.0, on_source: bool = False
-                 ) -> np.ndarray:
+                 use_phase: bool = True, semitones: float = 0.0) -> np.ndarray:
         """Samples ``(N,)`` float32 from normalised features ``x (T, W, C)``; with ``song`` (what
         ``x`` came from) its length and, unless ``use_phase`` is False, its phase or (world) its
-        F0 transposed by ``semitones``; world with ``on_source``: the change from ``song`` to
-        ``x`` rendered on the song's samples (:func:`utils.audio.features.features_to_song`)."""
-        self._check_transpose(semitones)
+        F0 transposed by ``semitones`` (:func:`utils.audio.features.features_to_song`)."""
+        self.check_transpose(semitones)
         return features_to_song(x, self.config, self.stats, song=song, use_phase=use_phase,
-                                semitones=semitones, on_source=on_source)
+                                semitones=semitones)
 
-    def _check_transpose(self, semitones: float) -> None:
+    def check_transpose(self, semitones: float) -> None:
+        """Refuse (:class:`MigrationError`) a transposition of a feature that holds its F0."""
         if semitones and self.config.feature != "world":
             raise MigrationError(f"cannot transpose the {self.config.feature} feature: only the "
                                  "world feature keeps F0 apart from the features")
@@ -262,33 +257,38 @@ class Codec(SingerConditioning):
         samples: np.ndarray,
         move: Optional[LatentMove],
         *,
-        bound: Optional[FeatureBound] = None,
+        prepare: Optional[Prepare] = None,
+        render: Optional[Render] = None,
         griffin_lim: bool = False,
+        semitones: float = 0.0,
         chunk_steps: Optional[int] = None,
         overlap_steps: Optional[int] = None,
         batch_size: int = 8,
         segment_seconds: Optional[float] = None,
         segment_overlap_seconds: Optional[float] = None,
         decode_condition: Optional[np.ndarray] = None,
-        on_source: bool = False,
-        semitones: float = 0.0,
-        prepare: Optional[Callable[[np.ndarray], Tuple[np.ndarray, Callable]]] = None,
     ) -> np.ndarray:
         """encode -> ``move(z)`` -> decode a whole song; returns ``(N,)`` float32 samples.
 
         Per audio segment (:func:`~utils.runs.song_chunks.render_in_segments`): features with the
-        segment's phase -> encode, move, decode in crossfaded chunks
-        (:func:`~utils.runs.song_chunks.transform_features`) -> ``bound`` -> audio with the segment's
-        phase (or Griffin-Lim).
+        segment's phase -> ``prepare`` -> encode, move, decode in crossfaded chunks
+        (:func:`~utils.runs.song_chunks.transform_features`) -> what ``prepare`` maps the decode
+        to -> ``render`` (by default audio with the segment's phase, or Griffin-Lim).
 
         Args:
             samples: ``(N,)`` audio at ``config.sampling_rate`` Hz, validated by :meth:`check`
                 (a song shorter than a patch is accepted with a warning).
             move: chunk latents ``(B, D)`` float32 -> moved latents of the same shape, each a
                 chunk of ``chunk_steps`` time steps; ``None`` is the identity.
-            bound: ``(decoded, source)`` normalised features ``(T, W, C)`` of a segment ->
-                what is turned into audio (e.g. :func:`utils.migration.registry.bound_features`).
+            prepare: a segment's normalised features ``(T, W, C)`` -> (what is encoded instead,
+                a map of the decoded features to what is rendered, or None), computed once per
+                segment: a method's moments and bounds (:mod:`utils.migration`).
+            render: ``(features, song)`` -> the segment's samples, e.g. a change rendered on the
+                source (:func:`utils.migration.rendering.on_source`); by default
+                :meth:`to_audio` with ``griffin_lim`` and ``semitones``, which then belong to
+                ``render`` and must stay unset here.
             griffin_lim: invert spectrograms with Griffin-Lim instead of the source phase.
+            semitones: transpose the melody (the world feature, whose F0 is kept apart).
             chunk_steps, overlap_steps: feature chunking (defaults:
                 :func:`~utils.runs.song_chunks.default_chunking`).
             batch_size: chunks per model call; bounds the model's memory.
@@ -296,167 +296,41 @@ class Codec(SingerConditioning):
                 :data:`~utils.runs.song_chunks.SEGMENT_SECONDS`,
                 :data:`~utils.runs.song_chunks.SEGMENT_OVERLAP_SECONDS`).
             decode_condition: a conditional model's conditioning vector ``(singer_dims,)`` to
-                decode under instead of :attr:`singer`'s (what :meth:`convert` does).
-            on_source: world: render the change of each segment's features on the segment's
-                own samples (:func:`utils.audio.world.render_on_source`), not WORLD's
-                resynthesis of the changed features.
-            semitones: transpose the melody (the world feature, whose F0 is kept apart).
-            prepare: a segment's normalised features ``(T, W, C)`` -> (what is encoded instead,
-                a map of the decoded features to what is turned into audio; before ``bound``),
-                e.g. :meth:`convert`'s moments and bounds, computed once per segment.
+                decode under instead of :attr:`singer`'s (a conversion).
 
         Returns:
             exactly ``N`` samples; with ``move=None`` and the source phase, the song to float32
             precision.
         """
-        self._need_condition()
+        self.check_singer()
         decode_condition = self.condition if decode_condition is None else decode_condition
-        self._check_transpose(semitones)
+        if render is None:
+            self.check_transpose(semitones)
+            render = functools.partial(self.to_audio, use_phase=not griffin_lim,
+                                       semitones=semitones)
+        elif griffin_lim or semitones:
+            raise MigrationError("transform takes griffin_lim and semitones for its own "
+                                 "rendering only: give them to the render step")
         samples = self.check(samples)
         segment, overlap = segment_lengths(self.config, segment_seconds, segment_overlap_seconds)
         chunk, chunk_overlap = default_chunking(self.config, chunk_steps, overlap_steps)
 
-        def render(piece: np.ndarray) -> np.ndarray:
+        def render_segment(piece: np.ndarray) -> np.ndarray:
             song = self.features(piece)
             x, finish = prepare(song.x) if prepare is not None else (song.x, None)
             x = transform_features(self.model, x, move, chunk, chunk_overlap, batch_size,
                                    self.condition, decode_condition)
             if finish is not None:
                 x = finish(x)
-            if bound is not None:
-                x = bound(x, song.x)
-            return self.to_audio(x, song, use_phase=not griffin_lim, semitones=semitones,
-                                 on_source=on_source)
+            return render(x, song)
 
-        return render_in_segments(samples, segment, overlap, render)
+        return render_in_segments(samples, segment, overlap, render_segment)
 
     def reconstruct(self, samples: np.ndarray, **chunking) -> np.ndarray:
         """decode(encode(song)) through the same segments and chunks as :meth:`transform` (whose
         keyword arguments ``chunking`` takes), with the source phase: ``(N,)`` float32. Measures
         how exactly the model and the stitching invert (the source to float32 precision)."""
         return self.transform(samples, None, **chunking)
-
-    def _harmonic_band(self, harmonic_hz: Optional[float]) -> float:
-        """convert's ``harmonic_hz``, checked: its default for the feature, or the given one
-        (finite, >= 0; only spectrograms have harmonics in their bins)."""
-        if harmonic_hz is None:
-            return DEFAULT_HARMONIC_HZ if self.config.feature == "spectrogram" else 0.0
-        harmonic_hz = float(harmonic_hz)
-        if not math.isfinite(harmonic_hz) or harmonic_hz < 0:
-            raise MigrationError(f"harmonic_hz must be a finite number >= 0, not {harmonic_hz!r}")
-        if harmonic_hz and self.config.feature != "spectrogram":
-            raise MigrationError(f"harmonic_hz is for the spectrogram feature; the "
-                                 f"{self.config.feature} feature keeps F0 apart from the features")
-        return harmonic_hz
-
-    def convert(self, samples: np.ndarray, target: str, strength: float = 1.0,
-                source_moments: Optional[str] = None, harmonic_hz: Optional[float] = None,
-                **chunking) -> np.ndarray:
-        """Singer conversion: encode under this codec's :attr:`singer`, decode under
-        ``(1 - strength) * c_source + strength * c_target``, the conditioning vectors of the
-        two singers; ``(N,)`` float32 with the source phase (``chunking``: :meth:`transform`'s
-        keywords). Strength 0 is :meth:`reconstruct` (the source to float32 precision), 1 the
-        target singer, values between move the conditioning along the line joining them.
-
-        ``source_moments`` (a model with SingerNorm): what the source is standardised by before
-        the flow. ``"singer"``: the source singer's per-bin moments (SingerNorm's own, under
-        ``c_source``). ``"song"``: each audio segment's own moments over its sounding frames,
-        and the output is de-standardised by ``(1 - strength)`` times them plus ``strength``
-        times the target singer's. Log-STFT bins hold the melody's harmonics, so one song's
-        bin moments are not its singer's; WORLD coefficients hold the envelope, which they
-        are. Default (:data:`SOURCE_MOMENTS`): ``"song"`` for spectrograms, ``"singer"``
-        otherwise.
-
-        ``harmonic_hz`` (spectrograms; default
-        :data:`utils.migration.harmonic_band.DEFAULT_HARMONIC_HZ`, 0 turns it off): below it the change
-        to the source's log-STFT is applied as its spectral envelope only
-        (:func:`utils.migration.harmonic_band.keep_harmonics`), so the source's harmonics, which carry
-        its pitch, keep their shape.
-
-        A decoded value more than :data:`CONVERT_MARGIN` outside the per-bin range expected of
-        the moment-matched source, or not finite, is replaced by the moment-matched source's
-        value: the inverse can blow up off the data. For the world feature the decoded envelope
-        is also kept per frequency bin within that source's range plus 6 dB
-        (:func:`utils.audio.world.bound_envelope`).
-
-        World conversions are rendered on the source
-        (:func:`utils.audio.world.render_on_source`): the change WORLD's resynthesis
-        undergoes is added to the source's own STFT magnitude under its phase, so strength 0 is the source itself (not WORLD's resynthesis of it) and
-        the source keeps what WORLD does not model."""
-        self._need_condition()
-        if self.singer is None:
-            raise MigrationError("convert needs a singer-conditional checkpoint")
-        a = float(strength)
-        target_condition = self.singer_condition(target)
-        mix = ((1.0 - a) * self.condition + a * target_condition).astype(np.float32)
-        source_moments = source_moments or SOURCE_MOMENTS.get(self.config.feature, "singer")
-        if source_moments not in ("singer", "song"):
-            raise MigrationError(f"source_moments must be 'singer' or 'song', not "
-                                 f"{source_moments!r}")
-        band_hz = self._harmonic_band(harmonic_hz)
-        model = self.model
-        per_song = source_moments == "song" and getattr(model, "input_norm", None) is not None
-        if per_song:
-            own, under_mix = model.singer_norm_params(self.condition), model.singer_norm_params(mix)
-            aimed = model.singer_norm_params(target_condition)
-
-        def standardise(x, params):
-            return (x - params[0]) * np.exp(-params[1])
-
-        def destandardise(y, params):
-            return y * np.exp(params[1]) + params[0]
-
-        def bound(decoded: np.ndarray, expected: np.ndarray) -> np.ndarray:
-            # A value more than CONVERT_MARGIN training standard deviations outside the range
-            # expected of the moment-matched source is where the inverse blew up: keep the
-            # moment-matched source's value there.
-            inside = (np.isfinite(decoded) & (decoded >= expected.min(axis=0) - CONVERT_MARGIN)
-                      & (decoded <= expected.max(axis=0) + CONVERT_MARGIN))
-            decoded = np.where(inside, decoded, expected).astype(np.float32)
-            if self.config.feature == "world":
-                # In-range cepstra can still sum to a spike in one frequency bin.
-                raw = bound_envelope(self.stats.denormalize(decoded),
-                                     self.stats.denormalize(expected), self.config)
-                decoded = np.asarray(self.stats.normalize(raw), np.float32)
-            return decoded
-
-        def harmonics(converted: np.ndarray, source: np.ndarray) -> np.ndarray:
-            if not band_hz:
-                return converted
-            log_mag = keep_harmonics(self.stats.denormalize(converted)[..., 0],
-                                     self.stats.denormalize(source)[..., 0],
-                                     self.config.sampling_rate, band_hz)
-            return np.asarray(self.stats.normalize(log_mag[..., None]), np.float32)
-
-        def prepare(source: np.ndarray):
-            """One segment: (what is encoded, decoded features -> bounded output features)."""
-            if not per_song:
-                expected = model.singer_moment_map(
-                    source[None], self.condition[None], mix[None]).numpy()[0]
-                return source, lambda decoded: harmonics(bound(decoded, expected), source)
-            sounding = sounding_frames(source[None], np.zeros(1, int), self.config,
-                                       self.stats)[0]
-            song = model.input_norm.frame_moments(source, sounding)
-            out = tuple((1.0 - a) * m + a * t for m, t in zip(song, aimed))
-            # Frames of digital silence have nothing to convert, and their STFT phase (zero in
-            # every bin) would turn any magnitude put there into a click per frame: as eq does,
-            # they keep the source's.
-            keep = ~sounding[:, None, None]
-            expected = np.where(keep, source, destandardise(standardise(source, song), out))
-            # Encoding under c_source standardises by SingerNorm's own moments: hand it the
-            # source already moved from the song's moments to those, and undo SingerNorm's
-            # de-standardisation under c_mix for the output's.
-            encoded = destandardise(standardise(source, song), own).astype(np.float32)
-
-            def finish(decoded: np.ndarray) -> np.ndarray:
-                moved = destandardise(standardise(decoded, under_mix), out)
-                bounded = bound(np.where(keep, source, moved), expected.astype(np.float32))
-                return harmonics(bounded, source)
-
-            return encoded, finish
-
-        return self.transform(samples, None, decode_condition=mix, prepare=prepare,
-                              on_source=True, **chunking)
 
     # ---------------------------------------------------------------- latents of aligned patches
     def patch_latents(self, samples: np.ndarray, batch_size: int = 16) -> np.ndarray:

@@ -29,8 +29,8 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from common_definitions import Config
-from utils.files import atomic_write
 from utils.errors import MigrationError
+from utils.files import atomic_write
 
 # Latent standard deviations are floored here (whitened units) so that a dimension that is
 # constant in a set (e.g. a silent source) cannot make ``std_ref / std_src`` blow up.
@@ -102,7 +102,7 @@ class LatentStats:
     as ``np.mean`` / ``np.var`` over all of it (to float64 rounding).
 
     ``feature_min`` / ``feature_max`` (W, C) hold the range of the normalised features the
-    latents were encoded from (see :func:`utils.migration.registry.bound_features`).
+    latents were encoded from (see :func:`utils.migration.latent_moves.bound_features`).
 
     The statistics belong to the model that produced the latents: ``config`` is stored with them,
     and :meth:`check` refuses a model whose :meth:`Config.model_signature` differs; ``weights``
@@ -116,7 +116,7 @@ class LatentStats:
         self._mean = [np.zeros(s, dtype=np.float64) for s in self.latent_shapes]
         self._m2 = [np.zeros(s, dtype=np.float64) for s in self.latent_shapes]
         # Per (W, C) range of the normalised features the latents came from: the envelope that
-        # utils.migration.registry.migrate_song keeps decoded features inside (see bound_features).
+        # the latent moves keep decoded features inside (latent_moves.bound_features).
         feature_shape = tuple(config.input_shape[1:])
         self.feature_min = np.full(feature_shape, np.inf)
         self.feature_max = np.full(feature_shape, -np.inf)

@@ -125,7 +125,7 @@ def transform_features(
     Returns:
         (T, W, C) float32 features, every step covered; memory beyond ``x`` and the output is
         ``batch_size`` chunks. Non-finite decodes are passed through (see
-        :func:`utils.migration.registry.bound_features`).
+        :func:`utils.migration.latent_moves.bound_features`).
     """
     x = np.asarray(x, dtype=np.float32)
     total = len(x)
@@ -148,7 +148,7 @@ def transform_features(
             z = np.asarray(latent_fn(z), dtype=np.float32)
         decoded = model.decode(z, *decode_args).numpy()
         # A latent moved far off the data can decode to inf/nan; that stays visible in the
-        # output (for migration.bound_features to replace) instead of raising here.
+        # output (for a method's bound to replace) instead of raising here.
         with np.errstate(invalid="ignore", over="ignore"):
             for k, start in enumerate(batch_starts):
                 index = begin + k
