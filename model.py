@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Tuple
 
-import numpy as np
 import tensorflow as tf
 import keras
 
@@ -59,6 +58,27 @@ _DEFAULTS = Config()
 # Glow's keywords besides input_shape: Config fields of the same names (Glow.from_config).
 _GLOW_KEYWORDS = ("k_glow", "l_glow", "hidden_channels", "coupling", "lu_decomposed",
                   "scale_shift", "seed", "singer_dims", "singer_norm")
+
+
+def check_architecture(shape: Tuple[int, ...], k_glow: int, l_glow: int, hidden_channels: int,
+                       coupling: str) -> None:
+    """Raise ``ValueError`` (saying how to fix it) for an architecture Glow cannot build: every
+    size positive, ``H`` (and ``W`` unless it is 1) dividing by ``2**l_glow``, a known coupling."""
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {shape}")
+    if k_glow < 1 or l_glow < 1 or hidden_channels < 1:
+        raise ValueError("k_glow, l_glow and hidden_channels must be positive integers")
+    step = 2 ** l_glow
+    height, width, _ = shape
+    if height % step:
+        raise ValueError(
+            f"H={height} time steps must divide by 2**l_glow={step}; pad or choose another "
+            "window_size or l_glow"
+        )
+    if width > 1 and width % step:
+        raise ValueError(f"W={width} must divide by 2**l_glow={step} (or be 1 for waveforms)")
+    if coupling not in ("affine", "additive"):
+        raise ValueError(f"coupling must be 'affine' or 'additive', got {coupling!r}")
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -97,7 +117,8 @@ class Glow(keras.Model):
         self.scale_shift, self.seed = float(scale_shift), int(seed)
         self.num_singers, self.singer_dims = int(num_singers), int(singer_dims)
         self.singer_norm = bool(singer_norm)
-        self._validate(shape)
+        check_architecture(shape, self.k_glow, self.l_glow, self.hidden_channels,
+                           self.coupling)
         cond_dims = self.singer_dims if self.num_singers else 0
         self.image_shape = shape
         height, width, channels = shape
@@ -193,23 +214,6 @@ class Glow(keras.Model):
         if singer.dtype.is_floating:
             return tf.cast(singer, tf.float32)
         return tf.gather(self.singer_embedding, tf.cast(singer, tf.int32))
-
-    def _validate(self, shape):
-        if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {shape}")
-        if self.k_glow < 1 or self.l_glow < 1 or self.hidden_channels < 1:
-            raise ValueError("k_glow, l_glow and hidden_channels must be positive integers")
-        step = 2 ** self.l_glow
-        height, width, _ = shape
-        if height % step:
-            raise ValueError(
-                f"H={height} time steps must divide by 2**l_glow={step}; pad or choose another "
-                "window_size or l_glow"
-            )
-        if width > 1 and width % step:
-            raise ValueError(f"W={width} must divide by 2**l_glow={step} (or be 1 for waveforms)")
-        if self.coupling not in ("affine", "additive"):
-            raise ValueError(f"coupling must be 'affine' or 'additive', got {self.coupling!r}")
 
     # ------------------------------------------------------------------ core passes
     def _forward(self, x, cond=None, initialize: bool = False, compute_dtype=None):
@@ -314,8 +318,8 @@ class Glow(keras.Model):
         return self._flatten(latents), logdet
 
     def train_encode(self, x, singer=None, compute_dtype=tf.float32):
-        """:meth:`encode` as a mixed-precision train step computes it (utils/training/precision.py): the
-        coupling networks' and split priors' convolutions in ``compute_dtype`` (bf16 or fp16),
+        """:meth:`encode` as a mixed-precision train step computes it (utils/training/precision.py):
+        the coupling networks' and split priors' convolutions in ``compute_dtype`` (bf16 or fp16),
         everything else, the variables and the returned ``(z (B, D), logdet (B,) nats)`` float32.
 
         Not a ``tf.function`` of its own: it is traced into the caller's step, so a
@@ -334,27 +338,6 @@ class Glow(keras.Model):
         under the same ``singer`` (conversion: decode under another one)."""
         cond = self.singer_condition(singer)
         return self._inverse(self._unflatten(tf.convert_to_tensor(z, tf.float32)), cond)
-
-    def singer_norm_params(self, singer) -> Tuple[np.ndarray, np.ndarray]:
-        """SingerNorm's per-bin mean and log-std ``((W, C), (W, C))`` float64 under one
-        ``singer`` (an id or a conditioning vector ``(singer_dims,)``)."""
-        if self.input_norm is None:
-            raise ValueError("this model has no SingerNorm")
-        singer = np.asarray(singer)
-        singer = singer[None] if singer.ndim else singer.reshape(1)
-        shift, logs = self.input_norm.params(self.singer_condition(singer))
-        return (np.asarray(shift, np.float64)[0, 0], np.asarray(logs, np.float64)[0, 0])
-
-    def singer_moment_map(self, x, source, target) -> tf.Tensor:
-        """Per-bin moment matching of ``x`` (B, H, W, C) from the ``source`` to the ``target``
-        conditioning (ids or vectors) as the SingerNorm layer sees it: standardise under the
-        source, de-standardise under the target. ``x`` unchanged without a SingerNorm (an
-        unconditional model, or ``--no_singer_norm``)."""
-        x = tf.convert_to_tensor(x, tf.float32)
-        if self.input_norm is None:
-            return x
-        y, _ = self.input_norm.forward(x, self.singer_condition(source))
-        return self.input_norm.inverse(y, self.singer_condition(target))
 
     def log_prob(self, x, singer=None):
         """log p(x) (or log p(x | singer)) in nats, shape (B,): sum log N(z; 0, 1) + logdet."""

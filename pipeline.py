@@ -16,13 +16,13 @@ Units: ``bits_per_dim`` is in bits per dimension of a patch (``D = H * W * C``);
 negative log-likelihood in nats per patch (``bits_per_dim * D * ln 2``).
 
 This module holds the compiled step, the loop and the non-finite policy. The rest of a run lives
-beside it: the strategy and the collectives across workers (:mod:`utils.training.distribute`), the data
-and its normalisation, settled before the trainer is built (:mod:`utils.training.data`), the
+beside it: the strategy and the collectives across workers (:mod:`utils.training.distribute`), the
+data and its normalisation, settled before the trainer is built (:mod:`utils.training.data`), the
 checkpoint folder (:mod:`utils.runs.run_folder`), TensorBoard, the progress bar and the output wavs
 (:mod:`utils.training.reports`), graceful Ctrl-C / SIGTERM (:mod:`utils.training.stop_signals`), the
-optimizer (:mod:`utils.training.optimizer`), the metrics (:mod:`utils.training.metrics`), the validation
-curve with the best weights and early stopping (:mod:`utils.training.validation`) and mixed precision
-(:mod:`utils.training.precision`). See ``design/training.md``.
+optimizer (:mod:`utils.training.optimizer`), the metrics (:mod:`utils.training.metrics`), the
+validation curve with the best weights and early stopping (:mod:`utils.training.validation`) and
+mixed precision (:mod:`utils.training.precision`). See ``design/training.md``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import math
 import time
-import zlib
 from typing import Callable, List, Optional
 
 import numpy as np
@@ -46,7 +45,11 @@ from utils.evaluation.plots import spectrogram_image  # noqa: F401 (re-exported)
 from utils.runs.run_folder import CheckpointMismatch, RunFolder, check_checkpoint_dir  # noqa: F401
 from utils.runs.run_folder import SaveFailed, check_unlocked, restore_model  # noqa: F401
 from utils.training.data import TrainingData, prepare_training_data
-from utils.training.distribute import Collectives, cluster_size, make_strategy  # noqa: F401 (re-exported)
+from utils.training.distribute import (  # noqa: F401 (re-exported)
+    Collectives,
+    cluster_size,
+    make_strategy,
+)
 from utils.training.optimizer import SummedGradientAdam, WarmupSchedule
 from utils.training.precision import MixedPrecision
 from utils.training.stop_signals import STOP_SIGNALS, StopRequest, signal_name
@@ -78,6 +81,32 @@ def _holding_the_folder_lock(fit):
             return fit(self, *args, **kwargs)
 
     return locked
+
+
+def replica_gradients(model: Glow, precision: MixedPrecision, config: Config, x, singer=None):
+    """One replica's share of a train step (replica context): clipped gradients of the global-batch
+    mean bits/dim (of p(x | singer) for a conditional model), all-reduced, with the step's metrics
+    and its finite flag (the same on every replica)."""
+    shape = x.shape[1:]
+    dims = float(np.prod(shape)) if shape.is_fully_defined() else float(config.dims)
+    global_batch = float(config.batch_size)
+    with tf.GradientTape() as tape:  # float32, or bf16/fp16 convolutions (MixedPrecision)
+        z, logdet = precision.encode(model, x, singer)
+        bits = -(standard_normal_log_prob(z) + logdet) / (dims * LN2)  # (b,)
+        loss = precision.scale_loss(
+            tf.nn.compute_average_loss(bits, global_batch_size=config.batch_size))
+    grads = precision.unscale(tape.gradient(
+        loss, model.trainable_variables, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+    partial = ReplicaMetrics(tf.reduce_sum(bits) / global_batch,
+                             tf.reduce_sum(tf.reduce_mean(z, axis=1)) / global_batch,
+                             tf.reduce_sum(tf.math.reduce_variance(z, axis=1)) / global_batch)
+    grads, partial = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, [grads, partial])
+    norm = tf.linalg.global_norm(grads)
+    finite = tf.math.is_finite(partial.bits_per_dim) & tf.math.is_finite(norm)
+    grads, _ = tf.clip_by_global_norm(grads, config.clip_norm, use_norm=norm)
+    applied = StepTotals(*partial, norm, tf.constant(1.0), tf.constant(0.0))
+    return grads, applied, finite
 
 
 # ---------------------------------------------------------------------------------- trainer
@@ -181,15 +210,9 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def training_dataset(self, start_step: int = 0) -> tf.data.Dataset:
         """Global batches ``(B, H, W, C)`` (with singer ids ``(B,)`` for a conditional model)
-        for the steps from ``start_step`` on.
-
-        Every worker reads its own random patches: auto-sharding is off and the seed depends on
-        the worker and the step, so a resumed run does not replay the first epoch's patches.
-        """
-        key = f"{self.config.seed}/{self.collectives.task.index}/{start_step}".encode()
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        return self.data.batches(self.config, zlib.crc32(key) & 0x7FFFFFFF).with_options(options)
+        for the steps from ``start_step`` on, this worker's own
+        (:meth:`TrainingData.worker_batches`)."""
+        return self.data.worker_batches(self.config, self.collectives.task.index, start_step)
 
     def init_batch(self):
         """The first global batch under ``config.seed``: identical on every worker."""
@@ -198,11 +221,7 @@ class Trainer:
     def init_batches(self, count: int):
         """The first ``count`` global batches under ``config.seed``, concatenated: ``(x, ids)``
         numpy arrays (conditional data), the same on every worker."""
-        xs, ids = [], []
-        for x, singer in self.data.batches(self.config, self.config.seed).take(count):
-            xs.append(x.numpy())
-            ids.append(singer.numpy())
-        return np.concatenate(xs), np.concatenate(ids)
+        return self.data.first_batches(self.config, count)
 
     def distribute(self, dataset: tf.data.Dataset):
         """``strategy.experimental_distribute_dataset`` of global batches."""
@@ -239,29 +258,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the compiled step
     def _replica_gradients(self, x, singer=None):
-        """Replica context: clipped gradients of the global-batch mean bits/dim (of p(x | singer)
-        for a conditional model), all-reduced, with the step's metrics and its finite flag (the
-        same on every replica)."""
-        shape = x.shape[1:]
-        dims = float(np.prod(shape)) if shape.is_fully_defined() else float(self.config.dims)
-        global_batch = float(self.config.batch_size)
-        with tf.GradientTape() as tape:  # float32, or bf16/fp16 convolutions (MixedPrecision)
-            z, logdet = self.precision.encode(self.model, x, singer)
-            bits = -(standard_normal_log_prob(z) + logdet) / (dims * LN2)  # (b,)
-            loss = self.precision.scale_loss(
-                tf.nn.compute_average_loss(bits, global_batch_size=self.config.batch_size))
-        grads = self.precision.unscale(tape.gradient(
-            loss, self.model.trainable_variables, unconnected_gradients=tf.UnconnectedGradients.ZERO))
-        partial = ReplicaMetrics(tf.reduce_sum(bits) / global_batch,
-                                  tf.reduce_sum(tf.reduce_mean(z, axis=1)) / global_batch,
-                                  tf.reduce_sum(tf.math.reduce_variance(z, axis=1)) / global_batch)
-        grads, partial = tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.SUM, [grads, partial])
-        norm = tf.linalg.global_norm(grads)
-        finite = tf.math.is_finite(partial.bits_per_dim) & tf.math.is_finite(norm)
-        grads, _ = tf.clip_by_global_norm(grads, self.config.clip_norm, use_norm=norm)
-        applied = StepTotals(*partial, norm, tf.constant(1.0), tf.constant(0.0))
-        return grads, applied, finite
+        return replica_gradients(self.model, self.precision, self.config, x, singer)
 
     def _replica_apply(self, grads):
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
@@ -302,10 +299,14 @@ class Trainer:
     def train_steps(self, iterator, steps: int) -> StepMetrics:
         """Run ``steps`` train steps on a distributed iterator in one compiled call; their
         :class:`StepMetrics`."""
+        totals, seconds = self._timed_loop(iterator, steps)
+        return StepMetrics.from_totals(totals, self.config.dims, seconds)
+
+    def _timed_loop(self, iterator, steps: int):
+        """One compiled call of ``steps`` steps: its :class:`StepTotals` and seconds."""
         began = time.perf_counter()
         totals = self._train_loop(iterator, tf.constant(int(steps), tf.int32))
-        totals = StepTotals(*(float(t) for t in totals))
-        return StepMetrics.from_totals(totals, self.config.dims, time.perf_counter() - began)
+        return StepTotals(*(float(t) for t in totals)), time.perf_counter() - began
 
     # ------------------------------------------------------------------ the loop
     @_holding_the_folder_lock
@@ -382,10 +383,7 @@ class Trainer:
     def _run_chunk(self, iterator, count: int):
         """One compiled call of ``count`` steps, then its report and the non-finite check;
         returns its :class:`StepTotals` and seconds."""
-        began = time.perf_counter()
-        totals = self._train_loop(iterator, tf.constant(count, tf.int32))
-        totals = StepTotals(*(float(t) for t in totals))
-        seconds = time.perf_counter() - began
+        totals, seconds = self._timed_loop(iterator, count)
         step = self.global_step
         metrics = StepMetrics.from_totals(totals, self.config.dims, seconds)
         self.report.chunk(step, metrics, float(self.schedule(self.optimizer.iterations)),

@@ -26,8 +26,9 @@ from utils.flow.ops import conv_from_few, conv_to_few
 
 
 def _low_precision(compute_dtype) -> bool:
-    """True when a train step asks for its convolutions in bf16 or fp16 (utils/training/precision.py);
-    None and float32 take the layers' float32 paths, the only ones inference uses."""
+    """True when a train step asks for its convolutions in bf16 or fp16
+    (utils/training/precision.py); None and float32 take the layers' float32 paths, the only ones
+    inference uses."""
     return compute_dtype is not None and tf.as_dtype(compute_dtype) != tf.float32
 
 
@@ -181,6 +182,19 @@ class SingerNorm(FlowLayer):
             frames = frames[np.asarray(chosen, bool)]
         variance = np.maximum(frames.var(axis=0), cls.VARIANCE_FLOOR)
         return frames.mean(axis=0), 0.5 * np.log(variance)
+
+    def standardisation(self, cond) -> Tuple[np.ndarray, np.ndarray]:
+        """Per-bin ``(shift, logs)``, each ``(W, C)`` float64, under one conditioning vector
+        ``(cond_dims,)``: the mean and log-std :meth:`forward` standardises by."""
+        shift, logs = self.params(np.asarray(cond)[None])
+        return np.asarray(shift, np.float64)[0, 0], np.asarray(logs, np.float64)[0, 0]
+
+    def moment_map(self, x, source, target) -> tf.Tensor:
+        """Per-bin moment matching of ``x`` (B, H, W, C) from the ``source`` to the ``target``
+        conditioning vectors (B, cond_dims): standardised under one, de-standardised under the
+        other."""
+        y, _ = self.forward(tf.convert_to_tensor(x, tf.float32), source)
+        return self.inverse(y, target)
 
     def forward(self, x, cond):
         shift, logs = self.params(cond)

@@ -119,12 +119,12 @@ class Convert(MigrationMethod):
             raise MigrationError(f"source_moments must be 'singer' or 'song', not {moments!r}")
         self.keep_harmonics = harmonics_kept(codec, harmonic_band_hz(codec.config.feature,
                                                                      harmonic_hz))
-        model = codec.model
         # What the checkpoint learned decides the plan (a SingerNorm layer makes "song" possible).
-        self.plan = "song" if moments == "song" and model.input_norm is not None else "singer"
+        self.norm = codec.model.input_norm
+        self.plan = "song" if moments == "song" and self.norm is not None else "singer"
         if self.plan == "song":
-            self.own = model.singer_norm_params(codec.condition)
-            self.aimed = model.singer_norm_params(self.target_condition)
+            self.own = self.norm.standardisation(codec.condition)
+            self.aimed = self.norm.standardisation(self.target_condition)
 
     @classmethod
     def fit(cls, codec: "Codec", target: MigrationTarget) -> "Convert":
@@ -148,7 +148,7 @@ class Convert(MigrationMethod):
         mix = self.conditioning(strength)
         if self.plan == "song":
             segment = functools.partial(self._song_segment, strength=strength,
-                                        under_mix=self.codec.model.singer_norm_params(mix))
+                                        under_mix=self.norm.standardisation(mix))
         else:
             segment = functools.partial(self._singer_segment, mix=mix)
         out = self.codec.transform(samples, None, decode_condition=mix, prepare=segment,
@@ -161,9 +161,10 @@ class Convert(MigrationMethod):
         """The "singer" plan on a segment's normalised features ``source (T, W, C)``: encoded as
         they are; what decodes is bounded by the source moment-matched to ``mix`` by the flow's
         SingerNorm (the source itself without one)."""
-        codec = self.codec
-        expected = codec.model.singer_moment_map(
-            source[None], codec.condition[None], mix[None]).numpy()[0]
+        expected = source
+        if self.norm is not None:
+            expected = self.norm.moment_map(
+                source[None], self.codec.condition[None], mix[None]).numpy()[0]
         return source, functools.partial(self._finish, source=source, expected=expected)
 
     def _song_segment(self, source: np.ndarray, strength: float, under_mix: Standardisation):
@@ -171,9 +172,8 @@ class Convert(MigrationMethod):
         encoded (the source moved from its own moments to those SingerNorm standardises by) and
         the map of the decoded features to the output (SingerNorm's de-standardisation under the
         mix, ``under_mix``, undone for the mix of the song's and the target singer's moments)."""
-        codec = self.codec
         sounding = self._sounding(source)
-        song = codec.model.input_norm.frame_moments(source, sounding)
+        song = self.norm.frame_moments(source, sounding)
         out = tuple((1.0 - strength) * m + strength * t for m, t in zip(song, self.aimed))
         # Frames of digital silence have nothing to convert, and their STFT phase (zero in every
         # bin) would turn any magnitude put there into a click per frame: as eq does, they keep

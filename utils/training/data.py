@@ -22,6 +22,7 @@ warning when only reading them.
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -72,6 +73,27 @@ class TrainingData:
         dataset = self.records.training_dataset(config.batch_size, seed, self.stats,
                                                 labels=bool(self.singers), **only)
         return self._with_ids(dataset)
+
+    def worker_batches(self, config: Config, worker: int, start_step: int) -> tf.data.Dataset:
+        """:meth:`batches` for the worker ``worker`` from the step ``start_step`` on.
+
+        Every worker reads its own random patches: auto-sharding is off and the seed depends on
+        the run's seed, the worker and the step, so a resumed run does not replay the first
+        epoch's patches.
+        """
+        key = f"{config.seed}/{worker}/{start_step}".encode()
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return self.batches(config, zlib.crc32(key) & 0x7FFFFFFF).with_options(options)
+
+    def first_batches(self, config: Config, count: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The first ``count`` batches under ``config.seed`` (conditional data), concatenated:
+        ``(x, ids)`` numpy arrays, the same on every worker."""
+        xs, ids = [], []
+        for x, singer in self.batches(config, config.seed).take(count):
+            xs.append(x.numpy())
+            ids.append(singer.numpy())
+        return np.concatenate(xs), np.concatenate(ids)
 
     def validation_batches(self, config: Config) -> Optional[tf.data.Dataset]:
         """One pass over every aligned patch of the held-out songs, in batches of
