@@ -13,11 +13,11 @@ The entry point of the data side; the work is done in two modules:
   shard's size, CRC-32 and record count: a damaged or missing shard is rebuilt on the next
   ``make`` (its songs decoded again). One process at a time writes a records folder
   (``RECORDS/.lock``); Ctrl-C leaves it as it was.
-- reading (:mod:`utils.data.records`): ``records`` opens them as a :class:`~utils.data.records.Records`
-  (manifest read once, every shard checked against it: a damaged one is left out with one
-  warning line naming it and its songs): the songs, their statistics, and two ``tf.data``
-  pipelines of normalised patches: random windows per song per epoch (seeded) for training, or
-  aligned windows that tile each song for evaluation.
+- reading (:mod:`utils.data.records`): ``records`` opens them as a
+  :class:`~utils.data.records.Records` (manifest read once, every shard checked against it: a
+  damaged one is left out with one warning line naming it and its songs): the songs, their
+  statistics, and two ``tf.data`` pipelines of normalised patches: random windows per song per epoch
+  (seeded) for training, or aligned windows that tile each song for evaluation.
 
 CLI::
 

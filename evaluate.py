@@ -11,12 +11,12 @@ Reports
   songs or a records folder made by data_loader.py; default: the --virtual and --real songs);
 - reconstruction: SNR and log-spectral distance (dB) of decode(encode(song)) against the song,
   through the same chunked whole-song path as migration, with the source phase;
-- migration, for every method x strength, averaged over the last ``--songs`` virtual songs:
-  P(real) of the source and of the migrated song by two judges fitted on the other virtual songs
-  and the real songs (the evaluated songs are held out of both): a per-second MFCC-statistics
-  classifier (:class:`utils.evaluation.metrics.SingerClassifier`) and a frame-level one (one GMM per singer
-  on frame MFCCs + deltas, :class:`utils.evaluation.frame_judge.FrameJudge`: the share of frames judged the
-  real singer's); raw pitch accuracy and median cent error of the migrated song's pitch against
+- migration, for every method x strength, averaged over the last ``--songs`` virtual songs: P(real)
+  of the source and of the migrated song by two judges fitted on the other virtual songs and the
+  real songs (the evaluated songs are held out of both): a per-second MFCC-statistics classifier
+  (:class:`utils.evaluation.metrics.SingerClassifier`) and a frame-level one (one GMM per singer on
+  frame MFCCs + deltas, :class:`utils.evaluation.frame_judge.FrameJudge`: the share of frames judged
+  the real singer's); raw pitch accuracy and median cent error of the migrated song's pitch against
   the source's, and SNR / log-spectral distance against the source. The methods are the latent
   moves, ``eq`` (the no-model baseline every method is measured against) and, for a
   singer-conditional checkpoint, ``convert`` to the ``--real`` folder's singer; a summary line per
@@ -435,7 +435,8 @@ def work(prepared: Prepared) -> dict:
 
 def harmonic_bands(args: argparse.Namespace) -> Dict[str, Optional[float]]:
     """``{method: harmonic_hz}`` of the methods that take a harmonic band
-    (:mod:`utils.migration.harmonic_band`); None is convert's default for the checkpoint's feature."""
+    (:mod:`utils.migration.harmonic_band`); None is convert's default for the checkpoint's
+    feature."""
     return {"convert": args.harmonic_hz, "eq": args.eq_harmonic_hz}
 
 

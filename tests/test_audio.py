@@ -1,5 +1,5 @@
-"""utils/audio/signal.py and utils/audio/features.py on real files written here: decoding, checks, STFT,
-features and inverses."""
+"""utils/audio/signal.py and utils/audio/features.py on real files written here: decoding, checks,
+STFT, features and inverses."""
 
 import struct
 

@@ -12,7 +12,8 @@ import pytest
 import soundfile
 
 from utils.data import demo_data
-from utils.data.demo_data import DEMO_SINGERS, Note, make_demo_corpus, random_melody, synthesize_song
+from utils.data.demo_data import (DEMO_SINGERS, Note, make_demo_corpus, random_melody,
+                                  synthesize_song)
 from utils.evaluation.metrics import PITCH_HOP_SECONDS, compare_pitch, pitch_track
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,5 +1,5 @@
-"""utils/migration/harmonic_band.py: changes below the band keep the source's harmonics, above it they are
-whole; and the eq baseline with and without the band."""
+"""utils/migration/harmonic_band.py: changes below the band keep the source's harmonics, above it
+they are whole; and the eq baseline with and without the band."""
 
 import numpy as np
 import pytest

@@ -1,5 +1,6 @@
-"""Mixed-precision training (utils/training/precision.py): the train step's convolutions in bf16 or fp16,
-everything else float32, and inference exactly float32 whatever precision trained the weights."""
+"""Mixed-precision training (utils/training/precision.py): the train step's convolutions in bf16 or
+fp16, everything else float32, and inference exactly float32 whatever precision trained the
+weights."""
 
 import numpy as np
 import pytest

@@ -1,5 +1,5 @@
-"""The validation curve (utils/training/validation.py): which songs are held out and how that is kept, the
-held-out bits/dim every epoch, best/ and early stopping.
+"""The validation curve (utils/training/validation.py): which songs are held out and how that is
+kept, the held-out bits/dim every epoch, best/ and early stopping.
 
 One tiny run that holds out one song per singer (module fixture ``validated``) is shared by the
 tests that only inspect it; tests that train on copy its checkpoint folder.

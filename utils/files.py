@@ -239,16 +239,16 @@ def audio_files(folder: str, on_skip: Optional[Callable[[str, str], None]] = Non
                 exclude: Sequence[str] = ()) -> List[str]:
     """Every audio file under ``folder`` (recursively), as paths joined onto ``folder``.
 
-    Hidden files and hidden folders (dot-names, e.g. an atomic write's temporary file) are
-    skipped; folders are walked in sorted order and files sorted within each, so the order is the
-    same on every machine. A subfolder that cannot be read is reported to ``on_skip(path,
-    reason)`` (default: a warning) instead of being dropped without a word; folders in
-    ``exclude`` (e.g. a run's own output folders inside a data folder; compared as real paths)
-    are not walked. The reason given for an unreadable folder is ``cannot read folder: <OS
-    error>``; when it is ``folder`` itself, nothing under it is listed. Files are only listed,
-    never opened (nor stat-ed): a FIFO named like a song is refused by the loader
-    (:func:`utils.audio.signal.load_audio`) without blocking. Returns ``[]`` for a folder that holds no
-    audio; the caller decides whether that is an error.
+    Hidden files and hidden folders (dot-names, e.g. an atomic write's temporary file) are skipped;
+    folders are walked in sorted order and files sorted within each, so the order is the same on
+    every machine. A subfolder that cannot be read is reported to ``on_skip(path, reason)``
+    (default: a warning) instead of being dropped without a word; folders in ``exclude`` (e.g. a
+    run's own output folders inside a data folder; compared as real paths) are not walked. The
+    reason given for an unreadable folder is ``cannot read folder: <OS error>``; when it is
+    ``folder`` itself, nothing under it is listed. Files are only listed, never opened (nor
+    stat-ed): a FIFO named like a song is refused by the loader
+    (:func:`utils.audio.signal.load_audio`) without blocking. Returns ``[]`` for a folder that holds
+    no audio; the caller decides whether that is an error.
     """
     excluded = {os.path.realpath(path) for path in exclude}
 

@@ -2,10 +2,10 @@
 
 Both features (``Config.feature``) are shaped ``(H, W, C)`` with time on ``H``:
 
-- ``spectrogram``: ``log(|STFT| + log_floor)`` (natural log of a linear amplitude), frames x bins
-  x 1, with the STFT of :mod:`utils.audio.signal`. Training patches are the frames of an unpadded slice
-  of ``Config.patch_samples`` samples (``center=False``); a whole song uses the centred STFT and
-  keeps its phase, so it can be turned back into the same audio.
+- ``spectrogram``: ``log(|STFT| + log_floor)`` (natural log of a linear amplitude),
+  frames x bins x 1, with the STFT of :mod:`utils.audio.signal`. Training patches are the frames
+  of an unpadded slice of ``Config.patch_samples`` samples (``center=False``); a whole song uses
+  the centred STFT and keeps its phase, so it can be turned back into the same audio.
 - ``waveform``: ``channel_size`` consecutive samples folded into channels:
   ``(window_size // channel_size, 1, channel_size)``.
 

@@ -6,11 +6,11 @@ made so far. :class:`Records` reads the manifest once, then serves the songs, th
 two ``tf.data`` pipelines of normalised patches: random windows for training, aligned windows for
 evaluation.
 
-What both sides share lives here too: the file names, the manifest reader, the fingerprint that
-ties saved statistics to the songs they came from, and the integrity check of the shards a
-manifest lists (:func:`shard_damage`; one shard's is :func:`utils.data.shards.check_file`): the manifest records each shard's size, CRC-32 and record count,
-and a shard that no longer matches is left out (one warning line naming it and the songs it
-loses) until ``SongDataLoader.make`` rebuilds it.
+What both sides share lives here too: the file names, the manifest reader, the fingerprint that ties
+saved statistics to the songs they came from, and the integrity check of the shards a manifest lists
+(:func:`shard_damage`; one shard's is :func:`utils.data.shards.check_file`): the manifest records
+each shard's size, CRC-32 and record count, and a shard that no longer matches is left out (one
+warning line naming it and the songs it loses) until ``SongDataLoader.make`` rebuilds it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """WORLD features cached beside the records: analysed once when the records are made.
 
-A records folder holds whole songs as audio (:mod:`utils.data.records`). The ``world`` feature trains
-on WORLD's coded envelope and aperiodicity instead (:mod:`utils.audio.world`), whose analysis
+A records folder holds whole songs as audio (:mod:`utils.data.records`). The ``world`` feature
+trains on WORLD's coded envelope and aperiodicity instead (:mod:`utils.audio.world`), whose analysis
 costs far more than an STFT, so it is done once per song and cached::
 
     RECORDS_DIR/world-<key>/shard-NNNNN.tfrecord   one example per song of the audio shard of the

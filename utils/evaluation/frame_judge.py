@@ -1,7 +1,7 @@
 """A frame-level singer judge: one Gaussian mixture per singer on frame MFCCs and their deltas.
 
-:class:`utils.evaluation.metrics.SingerClassifier` scores per-second *statistics* of MFCCs, so a global
-equaliser that moves a song's average spectrum can fool it. :class:`FrameJudge` scores every
+:class:`utils.evaluation.metrics.SingerClassifier` scores per-second *statistics* of MFCCs, so a
+global equaliser that moves a song's average spectrum can fool it. :class:`FrameJudge` scores every
 frame on its own: for each singer a diagonal-covariance GMM models the joint distribution of one
 frame's MFCCs and their deltas, and a song's score for a singer is the share of its (non-silent)
 frames whose likelihood is highest under that singer's GMM. A frame-by-frame change of timbre is

@@ -6,7 +6,8 @@ Two kinds of small functions, built for one codec (and one set of options):
 - a *feature step* ``(features, source) -> features`` maps a segment's decoded features to what is
   rendered, beside the segment's source features (both normalised ``(T, W, C)``):
   :func:`harmonics_kept` applies a change below a band as its spectral envelope only, so the
-  source's harmonics, which carry its pitch, keep their shape (:mod:`utils.migration.harmonic_band`);
+  source's harmonics, which carry its pitch, keep their shape
+  (:mod:`utils.migration.harmonic_band`);
 - a *renderer* ``(features, song) -> samples`` turns a segment's features into its ``(N,)`` float32
   samples, given the :class:`~utils.audio.features.SongFeatures` they came from:
   :func:`on_source` renders a world checkpoint's change on the song's own samples

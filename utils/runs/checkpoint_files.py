@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from utils.audio.features import FeatureStats
 
 INDEX_NAME = "checkpoint"
-# The run folder's other weights and the files tied to them (utils/runs/run_folder.py lists them all).
+# The run folder's other weights and the files tied to them (utils/runs/run_folder.py lists them
+# all).
 WEIGHTS_NAME = "glow.weights.h5"
 STATS_NAME = "feature_stats.json"
 BEST_RECORD = "best.json"

@@ -2,8 +2,8 @@
 
 A :class:`Codec` is what :func:`utils.runs.run_folder.load_for_inference` returns and what
 ``migrate.py``, ``evaluate.py``, the notebooks and the benchmarks work with; none of them needs
-the model, the Config and the :class:`~utils.audio.features.FeatureStats` separately, nor any training
-code. It offers, for a song given as samples:
+the model, the Config and the :class:`~utils.audio.features.FeatureStats` separately, nor any
+training code. It offers, for a song given as samples:
 
 - :meth:`Codec.encode` / :meth:`Codec.decode`: the whole song in one model call (the model is
   fully convolutional); exact inverses with the song's own STFT phase;
@@ -13,8 +13,8 @@ code. It offers, for a song given as samples:
   does around it (what each segment encodes, what its decode becomes, how that is rendered) is
   handed in as functions (:mod:`utils.migration.rendering`), never a branch in here;
 - :meth:`Codec.latent_stats` and :meth:`Codec.folder_latent_stats`: the
-  :class:`~utils.runs.latent_stats.LatentStats` of songs or of a folder of songs, streamed over their
-  aligned, non-overlapping patches.
+  :class:`~utils.runs.latent_stats.LatentStats` of songs or of a folder of songs, streamed over
+  their aligned, non-overlapping patches.
 
 Units: audio is mono float32 samples at ``config.sampling_rate`` Hz; features are normalised
 ``(T, W, C)`` arrays (T in STFT frames or folded samples); latents are whitened (~N(0, 1) under
@@ -183,7 +183,8 @@ class Codec(SingerConditioning):
 
     @property
     def latent_shapes(self):
-        """``(w_l, c_l)`` per level: the layout of z (:func:`utils.runs.latent_stats.piece_shapes`)."""
+        """``(w_l, c_l)`` per level: the layout of z
+        (:func:`utils.runs.latent_stats.piece_shapes`)."""
         return self.model.latent_shapes
 
     # ---------------------------------------------------------------- features
@@ -211,8 +212,8 @@ class Codec(SingerConditioning):
               ) -> np.ndarray:
         """Validate a song to encode; returns it as float32 ``(N,)``.
 
-        Non-finite, empty or silent audio raises :class:`utils.audio.signal.AudioError` (one line). A
-        song shorter than one patch is accepted, with a warning naming it ``name`` unless
+        Non-finite, empty or silent audio raises :class:`utils.audio.signal.AudioError` (one
+        line). A song shorter than one patch is accepted, with a warning naming it ``name`` unless
         ``warn_short`` is False (a caller that only wants to fail early, before
         :meth:`transform` checks and warns): it is padded (by repeating it backwards) to one
         chunk for encoding and cut back afterwards.
@@ -382,7 +383,8 @@ class Codec(SingerConditioning):
     def folder_songs(self, folder: str, on_skip: Optional[Callable[[str, str], None]] = None
                      ) -> Iterator[Tuple[str, np.ndarray]]:
         """``(path, samples)`` of every song under ``folder`` usable at this Config
-        (:func:`utils.data.song_folders.iter_folder_songs`; others go to ``on_skip(path, reason)``)."""
+        (:func:`utils.data.song_folders.iter_folder_songs`; others go to
+        ``on_skip(path, reason)``)."""
         return iter_folder_songs(folder, self.config, on_skip)
 
     def folder_latent_stats(self, folder: str, batch_size: int = 16,

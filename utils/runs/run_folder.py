@@ -6,7 +6,8 @@ A checkpoint folder (``config.checkpoint_dir``) written by ``train.py``::
                            Config whose model fields agree
     feature_stats.json     the FeatureStats the training data was normalised with
     singers.json           a conditional model's singer map (names in id order)
-    validation.json        the songs held out of training (utils/training/validation.py), kept on resume
+    validation.json        the songs held out of training (utils/training/validation.py), kept
+                           on resume
     checkpoint, ckpt-N.*   tf.train.Checkpoint(model, optimizer, step, skipped_steps) and the
                            digest of feature_stats.json (feature_stats_digest), N = step
     glow.weights.h5        the model weights alone (Keras), written at the end of training
@@ -379,8 +380,9 @@ class RunFolder:
     def write_run_files(self, stats: Optional[FeatureStats], singers: Sequence[str] = (),
                         split=None) -> None:
         """Write ``config.json``, ``feature_stats.json``, a conditional run's ``singers.json``
-        and, when given, the validation ``split`` (a :class:`utils.training.validation.ValidationSplit`)
-        as ``validation.json`` (chief only; each atomically)."""
+        and, when given, the validation ``split`` (a
+        :class:`utils.training.validation.ValidationSplit`) as ``validation.json`` (chief only;
+        each atomically)."""
         if not self.task.is_chief:
             return
         with self._writing(self.path):

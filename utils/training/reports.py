@@ -10,8 +10,8 @@ TensorBoard tags (``config.logdir``): scalars ``nll`` (nats per patch), ``bits_p
 ``learning_rate``, ``skipped_steps``, ``steps_per_second``; once per epoch audio
 ``reconstruction`` and ``sample``, images ``reconstruction_spectrogram`` and
 ``sample_spectrogram``, the scalar ``reconstruction_snr_db`` and, when songs are held out
-(:mod:`utils.training.validation`), ``val_bits_per_dim`` and ``val_nll`` (nats per patch) of the held-out
-songs.
+(:mod:`utils.training.validation`), ``val_bits_per_dim`` and ``val_nll`` (nats per patch) of the
+held-out songs.
 """
 
 from __future__ import annotations
