@@ -7,7 +7,9 @@ trains on or damages a run folder copies it first (``tests.conftest.copy_run``).
 
 import os
 import shutil
+import subprocess
 import sys
+import textwrap
 import types
 
 import pytest
@@ -37,6 +39,13 @@ def tiny_config(records_dir: str, folder, **changes):
                   output_dir=os.path.join(folder, "out"))
     fields.update(changes)
     return Config(**fields)
+
+
+def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``code`` (dedented) run by a fresh Python in the repository root, output as text: what a
+    test needs to see which modules a fresh interpreter loads."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def copy_run(config, folder, **changes):

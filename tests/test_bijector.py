@@ -1,10 +1,6 @@
 """model.GlowBijector: the Glow as a tfp.bijectors.Bijector (forward = decode, inverse = encode),
 whose TransformedDistribution over N(0, I) is the model's log_prob and sampler."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,9 +8,9 @@ import tensorflow_probability as tfp
 
 import model
 from model import Glow
+from tests.conftest import run_python
 
 tfd = tfp.distributions
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _ready(glow, x, singer=None, scale=0.02, seed=0):
@@ -209,6 +205,5 @@ def test_import_model_does_not_import_tensorflow_probability():
         "assert 'tensorflow_probability' in sys.modules",
         "assert not hasattr(model, 'NoSuchThing')",
     ])
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import export as export_cli
-from tests.conftest import ROOT, copy_run
+from tests.conftest import ROOT, copy_run, run_python
 
 # Run in a temporary folder with ``python -I`` (no PYTHONPATH, no user site, no script or current
 # folder on sys.path): only TensorFlow is at hand. Writes what it computed to out.npz / out.json.
@@ -183,16 +183,14 @@ def test_a_conditional_model_exports_with_a_singer_input(tmp_path):
 
 
 def test_flag_errors_come_back_before_tensorflow_loads(tmp_path):
-    code = textwrap.dedent(f"""
+    result = run_python(f"""
         import sys
         import export
         codes = [export.main([]), export.main(["--checkpoint_dir", {str(tmp_path / 'none')!r},
                                                "--out", {str(tmp_path / 'out')!r}])]
         assert "tensorflow" not in sys.modules, "TensorFlow was imported"
         print(codes)
-    """)
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
+    """, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[2, 2]"
     errors = [line for line in result.stderr.splitlines() if line]

@@ -4,9 +4,8 @@ registry of migration methods, and command lines that check their flags before T
 import os
 import subprocess
 import sys
-import textwrap
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT, run_python
 
 
 def test_packages_keep_their_layers_and_sizes_and_import_no_circle():
@@ -29,7 +28,7 @@ def test_every_migration_method_is_a_class_of_the_one_registry():
 
 def test_migrate_and_evaluate_refuse_bad_flags_before_tensorflow_loads(tmp_path):
     missing = str(tmp_path / "none")
-    code = textwrap.dedent(f"""
+    result = run_python(f"""
         import sys
         import evaluate
         import migrate
@@ -44,7 +43,5 @@ def test_migrate_and_evaluate_refuse_bad_flags_before_tensorflow_loads(tmp_path)
         assert "tensorflow" not in sys.modules, "TensorFlow was imported"
         print(codes)
     """)
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[2, 2, 2]"
