@@ -138,6 +138,15 @@ class Config:
                 "between the singers (checkpoints saved before it existed load without it)",
         flag="--no_singer_norm",
         flag_help="a conditional model without the per-singer input normalisation")
+    parallel: bool = _field(
+        False, "learn the conversion from the first --data_dir's singer to the others from "
+               "songs of the same file name (a flow of the target's frames given the source's)",
+        model=True,
+        details="needs ``conditional`` and the ``world`` feature; the pairs are aligned by dynamic "
+                "time warping of their mel-cepstra; the first layer (ContextNorm) predicts each "
+                "target frame's mean and scale from the aligned source frames, and replaces "
+                "SingerNorm; ``migrate.py --method convert`` then decodes under the source's "
+                "frames (``--temperature``)")
     # training
     batch_size: int = _field(16, "global batch size (split over the devices)")
     learning_rate: float = _field(1e-3, "peak Adam learning rate")
@@ -218,6 +227,9 @@ class Config:
                 object.__setattr__(self, name, tuple(str(d) for d in dirs))
         if self.window_size is None and self.feature in DEFAULT_WINDOW_SIZE:
             object.__setattr__(self, "window_size", DEFAULT_WINDOW_SIZE[self.feature])
+        if self.parallel and self.singer_norm:
+            # A parallel model's first layer is ContextNorm, which SingerNorm would precede.
+            object.__setattr__(self, "singer_norm", False)
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -406,6 +418,9 @@ def _validate_steering(config) -> None:
     if config.init_from is not None and (not isinstance(config.init_from, str)
                                        or not config.init_from):
         raise ValueError(f"init_from must be a run folder, got {config.init_from!r}")
+    if config.parallel and not (config.conditional and config.feature == "world"):
+        raise ValueError("parallel needs conditional and the world feature (--conditional "
+                         "--feature world): it converts WORLD frames between singers")
     if config.renormalize and config.init_from is None:
         raise ValueError("renormalize only applies with init_from (a fresh run always "
                          "normalises with its training songs' statistics)")

@@ -39,13 +39,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Sequence
 
 from utils.cli import CliError, OneLineArgumentParser, finite_float, print_warning, run_cli
+from utils.evaluation.report import (
+    Judges,
+    best_rows,
+    format_summary,
+    format_table,
+    json_safe,
+    rendition_points,
+    share,
+)
 from utils.files import atomic_write_text
 from utils.migration.method import BINS, LATENT
 from utils.migration.registry import METHOD_NAMES, METHODS, either, methods_for, names_where
@@ -84,7 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "%(default)s: the baseline as it is)")
     parser.add_argument("--songs", type=int, default=3,
                         help="virtual songs to migrate, the last ones in name order "
-                             "(default %(default)s)")
+                             "(default %(default)s; without --sources)")
+    parser.add_argument("--sources", metavar="DIR",
+                        help="folder of unseen songs of the --virtual singer to migrate instead "
+                             "(then every --virtual song fits the judges)")
+    parser.add_argument("--target_renditions", metavar="DIR",
+                        help="folder of the --real singer's renditions of the migrated songs "
+                             "(same file names): each output's mel-cepstral distortion to its "
+                             "rendition, beside the source's and the pitch-kept ceiling's")
+    parser.add_argument("--temperature", type=finite_float, metavar="T",
+                        help="convert on a parallel checkpoint: the latent temperature "
+                             "(default 0.5; 0: the flow's mode)")
     parser.add_argument("--heldout",
                         help="folder of songs or records folder for bits/dim "
                              "(default: the --virtual and --real songs)")
@@ -94,59 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ----------------------------------------------------------------------------- model metrics
-def heldout_bits_per_dim(model, batches: Iterable) -> Dict[str, float]:
-    """Mean bits/dim over batches of patches (B, H, W, C) (numpy or tensors), or of
-    ``(patches, singer ids (B,))`` for a conditional model (each patch under its own singer).
-
-    Returns ``{"bits_per_dim": mean over patches, "patches": count}``; each patch's bits/dim is
-    ``-log p(x) / (D ln 2)`` with ``D = H * W * C`` (continuous features, no discretisation
-    term).
-    """
-    from utils.evaluation.metrics import bits_per_dim_from_log_prob
-
-    total, count = 0.0, 0
-    for batch in batches:
-        batch, ids = batch if isinstance(batch, tuple) else (batch, None)
-        batch = np.asarray(batch, np.float32)
-        dims = int(np.prod(batch.shape[1:]))
-        log_prob = model.log_prob(batch, ids).numpy().astype(np.float64)
-        total += float(np.sum(bits_per_dim_from_log_prob(log_prob, dims)))
-        count += len(batch)
-    return {"bits_per_dim": total / count if count else math.nan, "patches": count}
 
 
-def song_patch_batches(codec: "Codec", songs: Iterable, batch_size: int):
-    """Batches (B, H, W, C) of the aligned, non-overlapping patches of whole songs, given as
-    ``(samples, singer)`` pairs; for a conditional model ``(patches, singer ids (B,))``."""
-    from utils.runs.song_chunks import iter_patches
-
-    patch_steps = codec.config.input_shape[0]
-
-    def patches():
-        for samples, singer in songs:
-            song = codec.features(samples)
-            if song.num_steps < patch_steps:
-                continue  # bits/dim of padding would not be the song's
-            if codec.singers and singer not in codec.singers:
-                singer = codec.classify(samples)  # a folder not named after a singer
-            ids = codec.singer_id(singer) if codec.singers else -1
-            for patch in iter_patches(song.x[:song.num_steps], patch_steps):
-                yield patch, ids
-
-    pending = []
-    for patch, ids in patches():
-        pending.append((patch, ids))
-        if len(pending) == batch_size:
-            yield _stacked(pending, codec)
-            pending = []
-    if pending:
-        yield _stacked(pending, codec)
 
 
-def _stacked(pending, codec: "Codec"):
-    x = np.stack([patch for patch, _ in pending])
-    return (x, np.array([ids for _, ids in pending], np.int32)) if codec.singers else x
 
 
 def reconstruction_metrics(codec: "Codec", samples: np.ndarray) -> Dict[str, float]:
@@ -158,21 +127,13 @@ def reconstruction_metrics(codec: "Codec", samples: np.ndarray) -> Dict[str, flo
             "lsd_db": log_spectral_distance(samples, rebuilt, codec.config.sampling_rate)}
 
 
-# Raw pitch accuracy a migrated song must keep for its judges' verdict to count as a success.
-MIN_PITCH_ACCURACY = 0.9
 
 
-class Judges(NamedTuple):
-    """The two outside judges of singer likeness, fitted on songs they do not score: ``clip``
-    scores per-second MFCC statistics, ``frames`` every frame on its own."""
-
-    clip: object  # utils.evaluation.metrics.SingerClassifier
-    frames: object  # utils.evaluation.frame_judge.FrameJudge
 
 
 def evaluate_migration(codec: "Codec", sources: Sequence[np.ndarray], targets: Dict[str, object],
                        judges: Judges, methods: Sequence[str], strengths: Sequence[float],
-                       reference_label: str = REAL) -> List[dict]:
+                       reference_label: str = REAL, renditions=None) -> List[dict]:
     """Migrate every source with every method x strength and score the result.
 
     ``targets`` maps each method to its :class:`utils.migration.method.MigrationTarget`; each
@@ -180,7 +141,9 @@ def evaluate_migration(codec: "Codec", sources: Sequence[np.ndarray], targets: D
     (method, strength) with the means over sources of ``p_ref_source``,
     ``p_ref_migrated`` (P(reference_label) by the per-second judge), ``frames_ref_source``,
     ``frames_ref_migrated`` (share of frames the frame judge gives ``reference_label``),
-    ``raw_pitch_accuracy``, ``median_abs_cents``, ``snr_db``, ``lsd_db`` and ``per_song`` lists.
+    ``raw_pitch_accuracy``, ``median_abs_cents``, ``snr_db``, ``lsd_db`` and ``per_song`` lists;
+    with ``renditions`` (:class:`utils.evaluation.distance.Renditions` of the sources) also
+    ``mcd_db``, the mel-cepstral distortion to the target singer's rendition.
     """
     from utils.evaluation.metrics import compare_pitch, log_spectral_distance, pitch_track, snr_db
     from utils.migration.registry import fit
@@ -210,6 +173,7 @@ def evaluate_migration(codec: "Codec", sources: Sequence[np.ndarray], targets: D
                     "voicing_recall": pitch["voicing_recall"],
                     "snr_db": snr_db(samples, out),
                     "lsd_db": log_spectral_distance(samples, out, rate),
+                    **({} if renditions is None else {"mcd_db": renditions.to(index, out)}),
                 })
             row = {"method": method, "strength": float(strength)}
             for key in per_song[0]:
@@ -219,63 +183,16 @@ def evaluate_migration(codec: "Codec", sources: Sequence[np.ndarray], targets: D
     return rows
 
 
-def best_rows(rows: Sequence[dict], min_pitch: float = MIN_PITCH_ACCURACY) -> Dict[str, dict]:
-    """Per method, the row (strength) whose weaker judge gives the highest P(reference) among the
-    rows with raw pitch accuracy >= ``min_pitch``; a method with no such row is left out."""
-    best: Dict[str, dict] = {}
-    for row in rows:
-        if not row["raw_pitch_accuracy"] >= min_pitch:
-            continue
-        score = min(row["p_ref_migrated"], row["frames_ref_migrated"])
-        held = best.get(row["method"])
-        if held is None or score > min(held["p_ref_migrated"], held["frames_ref_migrated"]):
-            best[row["method"]] = row
-    return best
 
 
-# ----------------------------------------------------------------------------- report
-def format_table(rows: Sequence[dict], reference_label: str = REAL) -> str:
-    header = (f"{'method':<9} {'strength':>8}  {'P(' + reference_label + ') src -> mig':>22}  "
-              f"{'frames src -> mig':>18}  {'pitch acc':>9}  {'med cents':>9}  {'SNR dB':>7}  "
-              f"{'LSD dB':>7}")
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        lines.append(
-            f"{row['method']:<9} {row['strength']:>8g}  "
-            f"{row['p_ref_source']:>11.3f} -> {row['p_ref_migrated']:<7.3f}  "
-            f"{row['frames_ref_source']:>7.3f} -> {row['frames_ref_migrated']:<7.3f}  "
-            f"{row['raw_pitch_accuracy']:>9.3f}  {row['median_abs_cents']:>9.1f}  "
-            f"{row['snr_db']:>7.1f}  {row['lsd_db']:>7.2f}")
-    return "\n".join(lines)
 
 
-def format_summary(best: Dict[str, dict], methods: Sequence[str],
-                   reference_label: str = REAL) -> str:
-    """One line per method: its best P(reference) by both judges at pitch accuracy >= 0.9."""
-    lines = [f"best P({reference_label}) at raw pitch accuracy >= {MIN_PITCH_ACCURACY:g} "
-             "(per-second judge / frame judge):"]
-    for method in methods:
-        row = best.get(method)
-        if row is None:
-            lines.append(f"  {method:<9} none of its strengths keeps the pitch")
-            continue
-        lines.append(f"  {method:<9} {row['p_ref_migrated']:.3f} / {row['frames_ref_migrated']:.3f}"
-                     f" at strength {row['strength']:g} (pitch accuracy "
-                     f"{row['raw_pitch_accuracy']:.3f})")
-    return "\n".join(lines)
 
 
-def _json_safe(value):
-    """inf/nan -> None so the file is strict JSON."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+
+
+
+
 
 
 def _load_folder(codec: "Codec", folder: str, what: str):
@@ -294,6 +211,7 @@ def _heldout(codec: "Codec", path: Optional[str], labelled, batch_size: int):
     ``(samples, singer)`` pairs ``labelled``; a conditional model scores each song under its own
     singer (the records' labels; a folder's name, else the singer it is most likely under)."""
     from data_loader import SongDataLoader, read_records_manifest
+    from utils.runs.likelihood import heldout_bits_per_dim, song_patch_batches
 
     if path is None:
         batches = song_patch_batches(codec, labelled, batch_size)
@@ -349,6 +267,12 @@ def prepare(args: argparse.Namespace) -> Prepared:
     check_writable_folder(json_dir, f"--json {args.json}: the folder")
     if args.heldout is not None and not os.path.isdir(args.heldout):
         raise CliError(f"--heldout not found: {args.heldout}")
+    for flag in ("sources", "target_renditions"):
+        folder = getattr(args, flag)
+        if folder is not None and not os.path.isdir(folder):
+            raise CliError(f"--{flag} folder not found: {folder}")
+    if args.temperature is not None and args.temperature < 0:
+        raise CliError(f"--temperature must be >= 0, got {args.temperature:g}")
     started = time.perf_counter()
     from utils.data.song_folders import list_audio
     from utils.runs.latent_stats import LatentStats, weights_fingerprint
@@ -357,8 +281,10 @@ def prepare(args: argparse.Namespace) -> Prepared:
     codec = load_for_inference(args.checkpoint_dir)
     # Patches of one window each, --batch_size per model call (the chunked songs are smaller).
     check_inference_fits(codec.config, codec.config.input_shape[0], args.batch_size)
-    for folder in (args.virtual, args.real):
+    for folder in (args.virtual, args.real) + ((args.sources,) if args.sources else ()):
         list_audio(folder)
+    if args.target_renditions:
+        check_renditions(args)
     reference = None
     if args.reference_stats:
         reference = LatentStats.load(args.reference_stats, codec.config,
@@ -383,6 +309,21 @@ def prepare(args: argparse.Namespace) -> Prepared:
     return Prepared(args, codec, reference, started, compared)
 
 
+def check_renditions(args: argparse.Namespace) -> None:
+    """Refuse ``--target_renditions`` unless it holds a song of the same name (extension aside)
+    as every song to migrate (``--sources``; else the ``--songs`` last of ``--virtual``)."""
+    from utils.data.parallel import song_name
+    from utils.data.song_folders import list_audio
+
+    sources = list_audio(args.sources) if args.sources else list_audio(args.virtual)[-args.songs:]
+    have = {song_name(p) for p in list_audio(args.target_renditions)}
+    missing = [os.path.basename(p) for p in sources if song_name(p) not in have]
+    if missing:
+        raise CliError(f"--target_renditions {args.target_renditions} has no rendition of "
+                       f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} (the same "
+                       "file name is the same melody)")
+
+
 def _label(folder: str) -> str:
     """A folder's singer name: its own name, as the records label its songs."""
     return os.path.basename(os.path.normpath(os.path.abspath(folder)))
@@ -398,8 +339,11 @@ def work(prepared: Prepared) -> dict:
     virtual = _load_folder(codec, args.virtual, VIRTUAL)
     real = _load_folder(codec, args.real, REAL)
 
-    count = min(args.songs, len(virtual))
-    evaluated, rest = virtual[-count:], virtual[:-count]
+    if args.sources:
+        evaluated, rest = _load_folder(codec, args.sources, "--sources"), virtual
+    else:
+        count = min(args.songs, len(virtual))
+        evaluated, rest = virtual[-count:], virtual[:-count]
     in_sample = not rest
     if in_sample:
         print_warning(PROG, "every virtual song is evaluated, so the singer classifier is "
@@ -409,8 +353,13 @@ def work(prepared: Prepared) -> dict:
     judges = Judges(SingerClassifier().fit(judged, config.sampling_rate),
                     FrameJudge().fit(judged, config.sampling_rate))
 
+    renditions = points = None
+    if args.target_renditions:
+        renditions = load_renditions(codec, args.target_renditions, evaluated)
+        points = rendition_points(renditions, [s for _, s in evaluated], judges,
+                                  config.sampling_rate)
     results = _evaluate_checkpoint(codec, args, args.methods, prepared.reference, virtual, real,
-                                   evaluated, judges)
+                                   evaluated, judges, renditions, points)
     results.update({
         "evaluated_songs": [p for p, _ in evaluated],
         "classifier": {"labels": [VIRTUAL, REAL], "virtual_songs": len(rest),
@@ -419,18 +368,32 @@ def work(prepared: Prepared) -> dict:
                    "frames": "utils.evaluation.frame_judge.FrameJudge"},
         "reference": args.reference_stats or os.path.abspath(args.real),
         "harmonic_hz": harmonic_bands(args),
+        "renditions": points,
     })
     # Other checkpoints (e.g. of another --feature) on the same songs and by the same judges; a
     # method that uses no model (eq) has its rows above stand for every checkpoint.
     results["compared"] = [
         _evaluate_checkpoint(other, args, [m for m in args.methods if METHODS[m].uses_model
                                            and METHODS[m].works_with(other)],
-                             None, virtual, real, evaluated, judges)
+                             None, virtual, real, evaluated, judges, renditions, points)
         for other in prepared.compared]
     results["seconds"] = time.perf_counter() - prepared.started
-    atomic_write_text(args.json, json.dumps(_json_safe(results), indent=1))
+    atomic_write_text(args.json, json.dumps(json_safe(results), indent=1))
     print(f"wrote {args.json}")
     return results
+
+
+def load_renditions(codec: "Codec", folder: str, evaluated):
+    """:class:`utils.evaluation.distance.Renditions` of the songs ``evaluated`` (``(path,
+    samples)``): the song of the same name in ``folder`` for each."""
+    from utils.data.parallel import song_name
+    from utils.evaluation.distance import Renditions
+
+    by_name = {song_name(p): s for p, s in _load_folder(codec, folder, "--target_renditions")}
+    missing = [p for p, _ in evaluated if song_name(p) not in by_name]
+    if missing:  # a rendition that could not be decoded (checked by name before any work)
+        raise CliError(f"no usable rendition of {missing[0]} in {folder}")
+    return Renditions([by_name[song_name(p)] for p, _ in evaluated], codec.config)
 
 
 def harmonic_bands(args: argparse.Namespace) -> Dict[str, Optional[float]]:
@@ -442,22 +405,26 @@ def harmonic_bands(args: argparse.Namespace) -> Dict[str, Optional[float]]:
 
 def _evaluate_checkpoint(codec: "Codec", args: argparse.Namespace, methods: Sequence[str],
                          reference: Optional["LatentStats"], virtual, real, evaluated,
-                         judges: Judges) -> dict:
+                         judges: Judges, renditions=None, points: Optional[dict] = None) -> dict:
     """Held-out bits/dim, reconstruction and every method x strength of one checkpoint; prints
     its table and summary."""
     from utils.migration.bin_stats import song_bin_stats
     from utils.migration.method import MigrationTarget
+    from utils.runs.likelihood import parallel_heldout
 
     config = codec.config
     print(f"== {os.path.abspath(codec_dir(codec, args))} ({config.feature}"
           f"{', conditional' if codec.singers else ''})")
     flow_classifier = None
-    if codec.singers:
+    if codec.parallel:  # it converts its source singer's songs; it classifies none
+        codec = codec.with_singer(codec.singers[0])
+    elif codec.singers:
         flow_classifier = _flow_classifier(codec, args, evaluated, real)
         # The virtual songs are encoded under their singer: the folder's, else the most likely.
         codec = codec.with_singer(_label(args.virtual) if _label(args.virtual) in codec.singers
                                   else flow_classifier["virtual_singer"])
-    target = MigrationTarget(singer=_label(args.real) if codec.singers else None)
+    target = MigrationTarget(singer=_label(args.real) if codec.singers else None,
+                             temperature=args.temperature)
     if any(METHODS[m].reference == LATENT for m in methods):
         target.latent = reference
         if target.latent is None:
@@ -467,12 +434,15 @@ def _evaluate_checkpoint(codec: "Codec", args: argparse.Namespace, methods: Sequ
 
     labelled = [(s, _label(args.virtual)) for _, s in virtual] + [
         (s, _label(args.real)) for _, s in real]
-    heldout = _heldout(codec, args.heldout, labelled, args.batch_size)
+    heldout = (_heldout(codec, args.heldout, labelled, args.batch_size) if not codec.parallel
+               else parallel_heldout(codec, evaluated, renditions, _label(args.real),
+                                      args.batch_size))
     sources = [s for _, s in evaluated]
     recon = [reconstruction_metrics(codec, s) for s in sources]
     targets = {m: dataclasses.replace(target, harmonic_hz=harmonic_bands(args).get(m))
                for m in methods}
-    rows = evaluate_migration(codec, sources, targets, judges, methods, args.strengths)
+    rows = evaluate_migration(codec, sources, targets, judges, methods, args.strengths,
+                              renditions=renditions)
     best = best_rows(rows)
     results = {
         "checkpoint_dir": os.path.abspath(codec_dir(codec, args)),
@@ -488,11 +458,14 @@ def _evaluate_checkpoint(codec: "Codec", args: argparse.Namespace, methods: Sequ
         "best_at_pitch_accuracy_0.9": {m: {"strength": r["strength"],
                                            "p_ref_migrated": r["p_ref_migrated"],
                                            "frames_ref_migrated": r["frames_ref_migrated"],
-                                           "raw_pitch_accuracy": r["raw_pitch_accuracy"]}
+                                           "raw_pitch_accuracy": r["raw_pitch_accuracy"],
+                                           **({} if points is None else {
+                                               "mcd_db": r["mcd_db"],
+                                               "share_closed": share(points, r["mcd_db"])})}
                                        for m, r in best.items()},
     }
     print(format_table(rows))
-    print(format_summary(best, methods))
+    print(format_summary(best, methods, points=points))
     if flow_classifier is not None:
         print(f"the flow as a singer classifier: accuracy {flow_classifier['accuracy']:.3f} over "
               f"{flow_classifier['songs']} songs")
@@ -500,6 +473,8 @@ def _evaluate_checkpoint(codec: "Codec", args: argparse.Namespace, methods: Sequ
           f"({heldout['source']}); reconstruction SNR {results['reconstruction']['snr_db']:.1f} dB,"
           f" LSD {results['reconstruction']['lsd_db']:.3f} dB")
     return results
+
+
 
 
 def codec_dir(codec: "Codec", args: argparse.Namespace) -> str:

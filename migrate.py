@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "spectrograms: below HZ the change keeps the source's harmonics "
                              "(applied as its spectral envelope), 0 changes every bin freely "
                              "(default: 1000 for convert, 0 for eq)")
+    parser.add_argument("--temperature", type=finite_float, metavar="T",
+                        help=f"{either(names_where(lambda m: m.takes_temperature))} on a "
+                             "parallel checkpoint: the spread of its draw under the source's "
+                             "frames (default 0.5; 0: the flow's mode)")
     parser.add_argument("--source_singer", metavar="NAME",
                         help="conditional checkpoints: the source's singer (default: the one "
                              "under whom the song is most likely)")
@@ -202,7 +206,11 @@ def source_codec(prepared: "Prepared", samples, console: Optional[Console]) -> "
     if not codec.singers:
         return codec
     singer = prepared.args.source_singer
-    if singer is None:
+    if singer is None and codec.parallel:
+        singer = codec.singers[0]
+        if console is not None:
+            console.info(f"source singer: {singer} (the one this parallel checkpoint converts)")
+    elif singer is None:
         scores = codec.singer_scores(samples)
         singer = min(scores, key=scores.get)
         if console is not None:
@@ -319,7 +327,8 @@ def check_method_flags(args: argparse.Namespace) -> None:
     for flag, given, fact in (
             ("--target_singer", bool(args.target_singer), lambda m: m.conditional),
             ("--source_moments", bool(args.source_moments), lambda m: m.takes_source_moments),
-            ("--harmonic_hz", args.harmonic_hz is not None, lambda m: m.takes_harmonic_hz)):
+            ("--harmonic_hz", args.harmonic_hz is not None, lambda m: m.takes_harmonic_hz),
+            ("--temperature", args.temperature is not None, lambda m: m.takes_temperature)):
         if given and not fact(method):
             raise CliError(f"{flag} is for --method {either(names_where(fact))}, not {name}")
 
@@ -385,7 +394,7 @@ def recipe(args: argparse.Namespace, uses_source_stats: bool) -> dict:
         "source_stats": path_identity(args.source_stats) if uses_source_stats else None,
         "source_singer": args.source_singer, "target_singer": args.target_singer,
         "source_moments": args.source_moments, "harmonic_hz": args.harmonic_hz,
-        "griffin_lim": args.griffin_lim,
+        "temperature": args.temperature, "griffin_lim": args.griffin_lim,
         "chunk_steps": args.chunk_steps, "overlap_steps": args.overlap_steps,
         "transpose": args.transpose,
     }

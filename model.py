@@ -38,6 +38,7 @@ import keras
 
 from common_definitions import Config
 # The layers are re-exported: ``from model import ActNorm`` keeps working.
+from utils.flow.context_norm import ContextNorm
 from utils.flow.layers import (  # noqa: F401
     ActNorm,
     AffineCoupling,
@@ -57,13 +58,16 @@ LOG_2PI = math.log(2.0 * math.pi)
 _DEFAULTS = Config()
 # Glow's keywords besides input_shape: Config fields of the same names (Glow.from_config).
 _GLOW_KEYWORDS = ("k_glow", "l_glow", "hidden_channels", "coupling", "lu_decomposed",
-                  "scale_shift", "seed", "singer_dims", "singer_norm")
+                  "scale_shift", "seed", "singer_dims", "singer_norm", "parallel")
 
 
 def check_architecture(shape: Tuple[int, ...], k_glow: int, l_glow: int, hidden_channels: int,
-                       coupling: str) -> None:
+                       coupling: str, num_singers: int = 0, parallel: bool = False) -> None:
     """Raise ``ValueError`` (saying how to fix it) for an architecture Glow cannot build: every
-    size positive, ``H`` (and ``W`` unless it is 1) dividing by ``2**l_glow``, a known coupling."""
+    size positive, ``H`` (and ``W`` unless it is 1) dividing by ``2**l_glow``, a known coupling,
+    singers for a parallel model."""
+    if parallel and num_singers < 1:
+        raise ValueError("a parallel model is conditional: give num_singers >= 1")
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {shape}")
     if k_glow < 1 or l_glow < 1 or hidden_channels < 1:
@@ -82,6 +86,19 @@ def check_architecture(shape: Tuple[int, ...], k_glow: int, l_glow: int, hidden_
 
 
 # ----------------------------------------------------------------------------------------- model
+def input_layer(shape: Tuple[int, int, int], num_singers: int, cond_dims: int,
+                singer_norm: bool, parallel: bool, hidden_channels: int):
+    """A conditional model's first layer: ContextNorm for a parallel model (the target's frames
+    standardised given the source's), else SingerNorm when asked for; None otherwise."""
+    _, width, channels = shape
+    if num_singers and parallel:
+        return ContextNorm(width, channels, num_singers, cond_dims, hidden=4 * hidden_channels,
+                           name="context_norm")
+    if num_singers and singer_norm:
+        return SingerNorm(width, channels, cond_dims, name="singer_norm")
+    return None
+
+
 class Glow(keras.Model):
     """SinGlow's Glow: ``encode`` x -> (z, logdet), ``decode`` z -> x, exact inverses.
 
@@ -108,7 +125,8 @@ class Glow(keras.Model):
                  coupling: str = _DEFAULTS.coupling, lu_decomposed: bool = _DEFAULTS.lu_decomposed,
                  scale_shift: float = _DEFAULTS.scale_shift, seed: int = _DEFAULTS.seed,
                  num_singers: int = 0, singer_dims: int = _DEFAULTS.singer_dims,
-                 singer_norm: bool = _DEFAULTS.singer_norm, name: str = "glow", **kwargs):
+                 singer_norm: bool = _DEFAULTS.singer_norm, parallel: bool = _DEFAULTS.parallel,
+                 name: str = "glow", **kwargs):
         super().__init__(name=name, **kwargs)
         shape = tuple(int(s) for s in input_shape)
         self.k_glow, self.l_glow = int(k_glow), int(l_glow)
@@ -116,24 +134,23 @@ class Glow(keras.Model):
         self.lu_decomposed = bool(lu_decomposed)
         self.scale_shift, self.seed = float(scale_shift), int(seed)
         self.num_singers, self.singer_dims = int(num_singers), int(singer_dims)
-        self.singer_norm = bool(singer_norm)
+        self.parallel = bool(parallel)
+        self.singer_norm = bool(singer_norm) and not self.parallel
         check_architecture(shape, self.k_glow, self.l_glow, self.hidden_channels,
-                           self.coupling)
+                           self.coupling, self.num_singers, self.parallel)
         cond_dims = self.singer_dims if self.num_singers else 0
         self.image_shape = shape
         height, width, channels = shape
-        self.input_norm: Optional[SingerNorm] = None
+        self.input_norm = input_layer(shape, self.num_singers, cond_dims, self.singer_norm,
+                                      self.parallel, self.hidden_channels)
         if self.num_singers:
             # Unit-variance embeddings: distinct singers start far apart in conditioning space.
-            # Every use of an embedding is a trained linear map of it, so with SingerNorm (a
-            # fixed function of the embedding) it is fixed too, at no loss of expressiveness
-            # while the singers are no more than singer_dims.
+            # Every use of an embedding is a trained map of it, so with SingerNorm or ContextNorm
+            # (which read it) it is fixed, at no loss while the singers are <= singer_dims.
             self.singer_embedding = self.add_weight(
                 shape=(self.num_singers, self.singer_dims), name="singer_embedding",
                 initializer=keras.initializers.RandomNormal(stddev=1.0, seed=self.seed),
-                trainable=not self.singer_norm)
-            if self.singer_norm:
-                self.input_norm = SingerNorm(width, channels, cond_dims, name="singer_norm")
+                trainable=self.input_norm is None)
         self.time_only = width == 1
         kernel_size = (3, 1) if self.time_only else (3, 3)
 
@@ -169,8 +186,9 @@ class Glow(keras.Model):
         for prior in self.priors:
             setattr(self, prior.name, prior)
         # Build every sublayer with a single zero example so variables exist before restoring.
-        self._forward(tf.zeros((1, *self.image_shape)),
-                      tf.zeros((1, cond_dims)) if cond_dims else None)
+        zeros = tf.zeros((1, *self.image_shape))
+        self._forward(zeros, tf.zeros((1, cond_dims)) if cond_dims else None,
+                      context=zeros if self.parallel else None)
         self.built = True
 
     @classmethod
@@ -216,8 +234,9 @@ class Glow(keras.Model):
         return tf.gather(self.singer_embedding, tf.cast(singer, tf.int32))
 
     # ------------------------------------------------------------------ core passes
-    def _forward(self, x, cond=None, initialize: bool = False, compute_dtype=None):
-        """x (B, H, W, C), cond (B, singer_dims) or None -> (whitened latents, logdet (B,)).
+    def _forward(self, x, cond=None, initialize: bool = False, compute_dtype=None, context=None):
+        """x (B, H, W, C), cond (B, singer_dims) or None, a parallel model's context (the source's
+        frames, like x) -> (whitened latents, logdet (B,)).
 
         ``compute_dtype`` (bf16/fp16, training only; see :meth:`train_encode`): the coupling
         networks' and split priors' convolutions in that dtype."""
@@ -225,7 +244,7 @@ class Glow(keras.Model):
         latents = []
         h = x
         if self.input_norm is not None:
-            h, logdet = self.input_norm.forward(h, cond)
+            h, logdet = self.input_norm.forward(h, cond, context, self.singer_embedding)
         for level, steps in enumerate(self.levels):
             h = squeeze(h, self.time_only)
             for step in steps:
@@ -245,7 +264,7 @@ class Glow(keras.Model):
             latents.append(eps)
         return latents, logdet
 
-    def _inverse(self, latents, cond=None):
+    def _inverse(self, latents, cond=None, context=None):
         h = None
         for level in reversed(range(self.l_glow)):
             prior = self.priors[level]
@@ -257,7 +276,7 @@ class Glow(keras.Model):
                 h = step.inverse(h, cond)
             h = unsqueeze(h, self.time_only)
         if self.input_norm is not None:
-            h = self.input_norm.inverse(h, cond)
+            h = self.input_norm.inverse(h, cond, context, self.singer_embedding)
         return h
 
     def _flatten(self, latents) -> tf.Tensor:
@@ -279,14 +298,14 @@ class Glow(keras.Model):
         return [tf.reshape(p, s) for p, s in zip(pieces, shapes)]
 
     # ------------------------------------------------------------------ public API
-    def call(self, x, singer=None):
+    def call(self, x, singer=None, context=None):
         """Keras entry point: the forward (encoding) direction, returns (z, logdet)."""
-        return self.encode(x, singer)
+        return self.encode(x, singer, context)
 
-    def initialize(self, x: tf.Tensor, singer=None) -> bool:
-        """Data-dependent ActNorm (and SingerNorm, unless already set: the trainer sets it from
-        the sounding frames of several batches) initialisation on the batch ``x`` (of singers
-        ``singer`` (B,) ids); runs at most once.
+    def initialize(self, x: tf.Tensor, singer=None, context=None) -> bool:
+        """Data-dependent ActNorm (and SingerNorm or ContextNorm, unless already set: the trainer
+        sets them from several batches) initialisation on the batch ``x`` (of singers ``singer``
+        (B,) ids; a parallel model's source frames ``context``); runs at most once.
 
         Returns True if it initialised, False if the model was already initialised (for example
         restored from a checkpoint), in which case nothing changes.
@@ -298,9 +317,13 @@ class Glow(keras.Model):
         if self.input_norm is not None:
             singer = tf.convert_to_tensor(singer)
             if singer.dtype.is_floating:
-                raise ValueError("initialising a SingerNorm model needs singer ids, not vectors")
-            self.input_norm.initialize(x, singer, self.singer_embedding)
-        self._forward(x, cond, initialize=True)
+                raise ValueError("initialising an input normalisation needs singer ids, not "
+                                 "vectors")
+            if self.parallel:
+                self.input_norm.initialize(x, context, singer)
+            else:
+                self.input_norm.initialize(x, singer, self.singer_embedding)
+        self._forward(x, cond, initialize=True, context=context)
         return True
 
     def is_initialized(self) -> bool:
@@ -310,14 +333,16 @@ class Glow(keras.Model):
         return all(bool(flag.numpy()) for flag in flags)
 
     @tf.function(reduce_retracing=True)
-    def encode(self, x, singer=None):
+    def encode(self, x, singer=None, context=None):
         """x (B, H, W, C) -> (z (B, D) whitened latent, logdet (B,) nats of x -> z), under
-        ``singer`` for a conditional model."""
+        ``singer`` for a conditional model, given the source's frames ``context`` (B, H, W, C)
+        for a parallel one."""
         cond = self.singer_condition(singer)
-        latents, logdet = self._forward(tf.convert_to_tensor(x, tf.float32), cond)
+        latents, logdet = self._forward(tf.convert_to_tensor(x, tf.float32), cond,
+                                        context=context)
         return self._flatten(latents), logdet
 
-    def train_encode(self, x, singer=None, compute_dtype=tf.float32):
+    def train_encode(self, x, singer=None, compute_dtype=tf.float32, context=None):
         """:meth:`encode` as a mixed-precision train step computes it (utils/training/precision.py):
         the coupling networks' and split priors' convolutions in ``compute_dtype`` (bf16 or fp16),
         everything else, the variables and the returned ``(z (B, D), logdet (B,) nats)`` float32.
@@ -329,36 +354,37 @@ class Glow(keras.Model):
         """
         cond = self.singer_condition(singer)
         latents, logdet = self._forward(tf.convert_to_tensor(x, tf.float32), cond,
-                                        compute_dtype=compute_dtype)
+                                        compute_dtype=compute_dtype, context=context)
         return self._flatten(latents), logdet
 
     @tf.function(reduce_retracing=True)
-    def decode(self, z, singer=None):
+    def decode(self, z, singer=None, context=None):
         """z (B, D) -> x (B, H, W, C) with H = D / (W * C); the exact inverse of :meth:`encode`
-        under the same ``singer`` (conversion: decode under another one)."""
+        under the same ``singer`` and ``context`` (conversion: decode under another singer, or a
+        parallel model's draw under the source's frames)."""
         cond = self.singer_condition(singer)
-        return self._inverse(self._unflatten(tf.convert_to_tensor(z, tf.float32)), cond)
+        return self._inverse(self._unflatten(tf.convert_to_tensor(z, tf.float32)), cond,
+                             context)
 
-    def log_prob(self, x, singer=None):
-        """log p(x) (or log p(x | singer)) in nats, shape (B,): sum log N(z; 0, 1) + logdet."""
-        z, logdet = self.encode(x, singer)
+    def log_prob(self, x, singer=None, context=None):
+        """log p(x) (or log p(x | singer[, context])) in nats, shape (B,): sum log N(z; 0, 1) +
+        logdet."""
+        z, logdet = self.encode(x, singer, context)
         return standard_normal_log_prob(z) + logdet
 
-    def bits_per_dim(self, x, singer=None):
+    def bits_per_dim(self, x, singer=None, context=None):
         """-log p(x) / (D ln 2), shape (B,), with D = H * W * C of ``x``."""
         x = tf.convert_to_tensor(x, tf.float32)
         dims = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
-        return -self.log_prob(x, singer) / (dims * math.log(2.0))
+        return -self.log_prob(x, singer, context) / (dims * math.log(2.0))
 
     def sample(self, n: int, temperature: float = 0.7, time_steps: Optional[int] = None,
-               seed: Optional[int] = None, singer=None):
-        """Decode ``n`` draws of N(0, T^2 I) (under ``singer``: ``(n,)`` ids or vectors);
-        returns (n, time_steps, W, C).
-
-        ``time_steps`` defaults to the training patch length and must divide by ``2**L``.
-        """
+               seed: Optional[int] = None, singer=None, context=None):
+        """Decode ``n`` draws of N(0, T^2 I) (under ``singer``: ``(n,)`` ids or vectors; a
+        parallel model given ``context``) into (n, time_steps, W, C); ``time_steps`` (the
+        context's, else by default the training patch's) must divide by ``2**L``."""
         height, width, channels = self.image_shape
-        time_steps = time_steps or height
+        time_steps = int(context.shape[1]) if context is not None else (time_steps or height)
         if time_steps % 2 ** self.l_glow:
             raise ValueError(f"time_steps={time_steps} must divide by 2**l_glow={2 ** self.l_glow}")
         shape = (n, time_steps * width * channels)
@@ -366,7 +392,7 @@ class Glow(keras.Model):
             eps = tf.random.normal(shape)
         else:
             eps = tf.random.stateless_normal(shape, seed=[seed, 0])
-        return self.decode(float(temperature) * eps, singer)
+        return self.decode(float(temperature) * eps, singer, context)
 
     def latent_dims(self, time_steps: Optional[int] = None) -> int:
         """D for an input of ``time_steps`` steps (default: the training patch)."""

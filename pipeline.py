@@ -83,18 +83,28 @@ def _holding_the_folder_lock(fit):
     return locked
 
 
-def replica_gradients(model: Glow, precision: MixedPrecision, config: Config, x, singer=None):
+def replica_gradients(model: Glow, precision: MixedPrecision, config: Config, x, singer=None,
+                      context=None):
     """One replica's share of a train step (replica context): clipped gradients of the global-batch
-    mean bits/dim (of p(x | singer) for a conditional model), all-reduced, with the step's metrics
-    and its finite flag (the same on every replica)."""
+    mean bits/dim (of p(x | singer) for a conditional model, p(x | singer, context) for a parallel
+    one), all-reduced, with the step's metrics and its finite flag (the same on every replica).
+
+    A parallel model's loss adds its first layer's own bits/dim as a conditional Gaussian
+    (:meth:`~utils.flow.context_norm.ContextNorm.gaussian_log_prob`): ContextNorm alone stays a
+    model of the target given the source, whose mean the rest of the flow refines."""
     shape = x.shape[1:]
     dims = float(np.prod(shape)) if shape.is_fully_defined() else float(config.dims)
     global_batch = float(config.batch_size)
     with tf.GradientTape() as tape:  # float32, or bf16/fp16 convolutions (MixedPrecision)
-        z, logdet = precision.encode(model, x, singer)
+        z, logdet = precision.encode(model, x, singer, context)
         bits = -(standard_normal_log_prob(z) + logdet) / (dims * LN2)  # (b,)
+        objective = bits
+        if context is not None:
+            first = model.input_norm.gaussian_log_prob(
+                x, model.singer_condition(singer), context, model.singer_embedding)
+            objective = bits - first / (dims * LN2)
         loss = precision.scale_loss(
-            tf.nn.compute_average_loss(bits, global_batch_size=config.batch_size))
+            tf.nn.compute_average_loss(objective, global_batch_size=config.batch_size))
     grads = precision.unscale(tape.gradient(
         loss, model.trainable_variables, unconnected_gradients=tf.UnconnectedGradients.ZERO))
     partial = ReplicaMetrics(tf.reduce_sum(bits) / global_batch,
@@ -107,6 +117,19 @@ def replica_gradients(model: Glow, precision: MixedPrecision, config: Config, x,
     grads, _ = tf.clip_by_global_norm(grads, config.clip_norm, use_norm=norm)
     applied = StepTotals(*partial, norm, tf.constant(1.0), tf.constant(0.0))
     return grads, applied, finite
+
+
+def initialize_input_norm(model: Glow, batches, config: Config, stats) -> None:
+    """Set a conditional model's input layer from ``batches`` (concatenated ``(x, ids)``, or a
+    parallel run's ``(x, ids, context)``): ContextNorm's least squares of the target frames on
+    the source's; SingerNorm's per-singer moments over the sounding frames only, so that one
+    singer's digital silence does not set the scale its voiced frames get."""
+    if model.parallel:
+        model.input_norm.initialize(batches[0], batches[2], batches[1])
+        return
+    many, ids = batches[0], batches[1]
+    frames = sounding_frames(many, ids, config, stats)
+    model.input_norm.initialize(many, ids, model.singer_embedding, frames)
 
 
 # ---------------------------------------------------------------------------------- trainer
@@ -220,7 +243,8 @@ class Trainer:
 
     def init_batches(self, count: int):
         """The first ``count`` global batches under ``config.seed``, concatenated: ``(x, ids)``
-        numpy arrays (conditional data), the same on every worker."""
+        numpy arrays (conditional data; ``(x, ids, context)`` parallel), the same on every
+        worker."""
         return self.data.first_batches(self.config, count)
 
     def distribute(self, dataset: tf.data.Dataset):
@@ -228,9 +252,9 @@ class Trainer:
         return self.strategy.experimental_distribute_dataset(dataset)
 
     def initialize(self, batch=None) -> bool:
-        """ActNorm's data-dependent initialisation on one global batch, once; SingerNorm's (a
-        conditional model) on the sounding frames of the first :data:`SINGER_NORM_BATCHES`
-        global batches, or of ``batch`` when one is given.
+        """ActNorm's data-dependent initialisation on one global batch, once; SingerNorm's or
+        ContextNorm's (:func:`initialize_input_norm`) on the first :data:`SINGER_NORM_BATCHES`
+        global batches, or on ``batch`` when one is given.
 
         Runs in cross-replica context, so every replica's copy gets the same values, and is then
         broadcast from the first worker. Does nothing (returns False) when the model is already
@@ -240,25 +264,23 @@ class Trainer:
             return False
         given = batch is not None
         batch = self.init_batch() if batch is None else batch
-        x, singer = batch if isinstance(batch, tuple) else (batch, None)
-        norm = getattr(self.model, "input_norm", None)
-        if norm is not None:
-            # SingerNorm's per-singer moments over more than one batch (16 batches of 16
-            # patches of 64 frames are ~16k frames), and over sounding frames only: one
-            # singer's digital silence must not set the scale its voiced frames get.
-            many, ids = (np.asarray(x), np.asarray(singer)) if given else self.init_batches(
-                SINGER_NORM_BATCHES)
-            frames = sounding_frames(many, ids, self.config, self.stats)
+        x, singer, context = (tuple(batch) + (None,))[:3] if isinstance(batch, tuple) else (
+            batch, None, None)
+        if getattr(self.model, "input_norm", None) is not None:
+            # SingerNorm's moments or ContextNorm's least squares over several batches (16 of
+            # 16 patches of 64 frames are ~16k frames), not one.
+            many = (tuple(np.asarray(a) for a in batch) if given
+                    else self.init_batches(SINGER_NORM_BATCHES))
             with self.strategy.scope():
-                norm.initialize(many, ids, self.model.singer_embedding, frames)
+                initialize_input_norm(self.model, many, self.config, self.stats)
         with self.strategy.scope():
-            self.model.initialize(tf.convert_to_tensor(x, tf.float32), singer)
+            self.model.initialize(tf.convert_to_tensor(x, tf.float32), singer, context)
         self.collectives.broadcast_from_first_replica(list(self.model.variables))
         return True
 
     # ------------------------------------------------------------------ the compiled step
-    def _replica_gradients(self, x, singer=None):
-        return replica_gradients(self.model, self.precision, self.config, x, singer)
+    def _replica_gradients(self, x, singer=None, context=None):
+        return replica_gradients(self.model, self.precision, self.config, x, singer, context)
 
     def _replica_apply(self, grads):
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))

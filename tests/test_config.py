@@ -60,6 +60,6 @@ def test_every_field_is_described_and_model_fields_come_from_the_metadata():
     assert MODEL_FIELDS == (
         "feature", "sampling_rate", "n_fft", "hop_length", "window_size", "channel_size",
         "world_dims", "world_f0", "k_glow", "l_glow", "hidden_channels", "coupling",
-        "lu_decomposed", "scale_shift", "conditional", "singer_dims", "singer_norm",
+        "lu_decomposed", "scale_shift", "conditional", "singer_dims", "singer_norm", "parallel",
     )
     assert MODEL_FIELDS == tuple(f.name for f in dataclasses.fields(Config) if f.metadata["model"])

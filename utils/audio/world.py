@@ -92,8 +92,19 @@ class WorldAnalysis:
     num_samples: int
 
 
-def analyse(samples: np.ndarray, config: Config) -> WorldAnalysis:
-    """WORLD analysis of a whole song ``samples (N,)`` at ``config.sampling_rate``."""
+@dataclasses.dataclass
+class WorldSpectra:
+    """WORLD's analysis of a song before coding, a frame per hop: ``f0 (T,)`` Hz (0 where
+    unvoiced), ``envelope (T, bins)`` power and ``aperiodicity (T, bins)`` in [0, 1], with
+    ``bins = fft_size // 2 + 1`` over ``[0, rate / 2]``."""
+
+    f0: np.ndarray
+    envelope: np.ndarray
+    aperiodicity: np.ndarray
+
+
+def spectra(samples: np.ndarray, config: Config) -> WorldSpectra:
+    """WORLD analysis of a whole song ``samples (N,)`` at ``config.sampling_rate``, uncoded."""
     pw = _pyworld()
     x = np.ascontiguousarray(np.asarray(samples, np.float64).reshape(-1))
     if x.size == 0:
@@ -106,10 +117,16 @@ def analyse(samples: np.ndarray, config: Config) -> WorldAnalysis:
         f0 = pw.stonemask(x, f0, times, rate)
     size = fft_size(config)
     envelope = pw.cheaptrick(x, f0, times, rate, f0_floor=F0_FLOOR, fft_size=size)
-    aperiodicity = pw.d4c(x, f0, times, rate, fft_size=size)
-    features = np.stack([_code(np.maximum(envelope, ENVELOPE_FLOOR), config),
-                         _code(np.maximum(aperiodicity, APERIODICITY_FLOOR), config)], axis=-1)
-    return WorldAnalysis(f0, features.astype(np.float32), len(x))
+    return WorldSpectra(f0, envelope, pw.d4c(x, f0, times, rate, fft_size=size))
+
+
+def analyse(samples: np.ndarray, config: Config) -> WorldAnalysis:
+    """WORLD analysis of a whole song ``samples (N,)`` at ``config.sampling_rate``, coded."""
+    found = spectra(samples, config)
+    features = np.stack([_code(np.maximum(found.envelope, ENVELOPE_FLOOR), config),
+                         _code(np.maximum(found.aperiodicity, APERIODICITY_FLOOR), config)],
+                        axis=-1)
+    return WorldAnalysis(found.f0, features.astype(np.float32), int(np.size(samples)))
 
 
 def _code(spectrum: np.ndarray, config: Config) -> np.ndarray:
@@ -120,6 +137,13 @@ def _code(spectrum: np.ndarray, config: Config) -> np.ndarray:
 def _decode(coded: np.ndarray, config: Config) -> np.ndarray:
     return _pyworld().decode_spectral_envelope(np.ascontiguousarray(coded, np.float64),
                                                config.sampling_rate, fft_size(config))
+
+
+def envelope_spectrum(features: np.ndarray, config: Config) -> np.ndarray:
+    """The power envelope ``(T, fft_size // 2 + 1)`` over ``[0, rate / 2]`` of every frame of
+    unnormalised ``features (T, world_dims, 2)`` (channel 0 decoded), floored at
+    :data:`ENVELOPE_FLOOR`."""
+    return np.maximum(_decode(np.asarray(features, np.float64)[:, :, 0], config), ENVELOPE_FLOOR)
 
 
 def envelope_power(features: np.ndarray, config: Config) -> np.ndarray:
@@ -166,16 +190,24 @@ def synthesize(features: np.ndarray, f0: np.ndarray, config: Config,
     """WORLD synthesis of ``features (T, world_dims, 2)`` (unnormalised, as :func:`analyse`
     gives them) with ``f0 (T,)`` Hz (transposed by ``semitones``); returns float32 samples,
     ``num_samples`` long when given (cut or zero-padded), else WORLD's own length."""
-    pw = _pyworld()
     features = np.asarray(features, np.float64)
     f0 = np.asarray(f0, np.float64).reshape(-1)
     steps = min(len(features), len(f0))
     if steps < 1:
         raise WorldError("nothing to synthesise: no frames")
-    envelope = _decode(features[:steps, :, 0], config)
-    aperiodicity = np.clip(_decode(features[:steps, :, 1], config), 0.0, 1.0)
-    out = pw.synthesize(np.ascontiguousarray(transpose_f0(f0[:steps], semitones)), envelope,
-                        aperiodicity, config.sampling_rate, frame_period_ms(config))
+    return synthesize_spectra(transpose_f0(f0[:steps], semitones),
+                              _decode(features[:steps, :, 0], config),
+                              _decode(features[:steps, :, 1], config), config, num_samples)
+
+
+def synthesize_spectra(f0: np.ndarray, envelope: np.ndarray, aperiodicity: np.ndarray,
+                       config: Config, num_samples: Optional[int] = None) -> np.ndarray:
+    """WORLD synthesis of uncoded spectra (:class:`WorldSpectra`'s arrays, ``(T,)``,
+    ``(T, bins)``, ``(T, bins)``): float32 samples, ``num_samples`` long when given."""
+    out = _pyworld().synthesize(np.ascontiguousarray(f0, np.float64),
+                                np.ascontiguousarray(envelope, np.float64),
+                                np.ascontiguousarray(np.clip(aperiodicity, 0.0, 1.0), np.float64),
+                                config.sampling_rate, frame_period_ms(config))
     out = out.astype(np.float32)
     if num_samples is not None:
         out = out[:num_samples] if len(out) >= num_samples else np.pad(

@@ -196,13 +196,15 @@ class SingerNorm(FlowLayer):
         y, _ = self.forward(tf.convert_to_tensor(x, tf.float32), source)
         return self.inverse(y, target)
 
-    def forward(self, x, cond):
+    def forward(self, x, cond, context=None, table=None):
+        """``(y, logdet)``; ``context`` and ``table`` are ContextNorm's (ignored here), so that
+        either input layer is called alike."""
         shift, logs = self.params(cond)
         y = (x - shift) * tf.exp(-logs)
         logdet = -tf.cast(tf.shape(x)[1], tf.float32) * tf.reduce_sum(logs, axis=[1, 2, 3])
         return y, logdet
 
-    def inverse(self, y, cond):
+    def inverse(self, y, cond, context=None, table=None):
         shift, logs = self.params(cond)
         return y * tf.exp(logs) + shift
 

@@ -50,6 +50,9 @@ class MigrationTarget:
         harmonics (:mod:`utils.migration.harmonic_band`); None: the method's default (convert's
         :data:`~utils.migration.harmonic_band.DEFAULT_HARMONIC_HZ` on spectrograms, 0 for eq, the
         baseline as it is).
+    temperature: ``convert`` on a parallel checkpoint: the standard deviation of the latent it
+        decodes under the source's frames (None:
+        :data:`~utils.migration.convert.PARALLEL_TEMPERATURE`; 0: the flow's mode).
     """
 
     latent: Optional[LatentStats] = None
@@ -57,6 +60,7 @@ class MigrationTarget:
     singer: Optional[str] = None
     source_moments: Optional[str] = None
     harmonic_hz: Optional[float] = None
+    temperature: Optional[float] = None
 
 
 class MigrationResult(NamedTuple):
@@ -93,6 +97,7 @@ class MigrationMethod(abc.ABC):
     - ``conditional``: it needs a singer-conditional checkpoint and a target singer;
     - ``takes_harmonic_hz``: it takes a band below which the source's harmonics are kept
       (``--harmonic_hz``); ``takes_source_moments``: it takes ``--source_moments``;
+      ``takes_temperature``: it takes ``--temperature`` (a parallel checkpoint's draw);
     - ``uses_model``: its output depends on the checkpoint (``eq``'s does not);
     - ``transposes``: it can move the melody of a world checkpoint (``--transpose``).
     """
@@ -104,6 +109,7 @@ class MigrationMethod(abc.ABC):
     conditional: ClassVar[bool] = False
     takes_harmonic_hz: ClassVar[bool] = False
     takes_source_moments: ClassVar[bool] = False
+    takes_temperature: ClassVar[bool] = False
     uses_model: ClassVar[bool] = True
     transposes: ClassVar[bool] = True
 

@@ -12,7 +12,9 @@ Two kinds of small functions, built for one codec (and one set of options):
   samples, given the :class:`~utils.audio.features.SongFeatures` they came from:
   :func:`on_source` renders a world checkpoint's change on the song's own samples
   (:func:`render_on_source`), and every other feature as the codec's inverse does (with the source's
-  STFT phase, which already gives the source back where nothing changed).
+  STFT phase, which already gives the source back where nothing changed); :func:`envelope_ratio`
+  applies a world checkpoint's change of the envelope to the song as a per-frame filter
+  (:func:`render_envelope_ratio`), what a parallel conversion is rendered with.
 
 :func:`render_on_source` renders a change of WORLD features without WORLD's resynthesis ceiling:
 the change WORLD's resynthesis undergoes, per STFT bin, is added to the song's own STFT magnitude
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from common_definitions import Config
-from utils.audio.world import synthesize
+from utils.audio.world import envelope_spectrum, synthesize
 from utils.migration.harmonic_band import keep_harmonics
 
 if TYPE_CHECKING:  # the codec and the features load TensorFlow
@@ -68,6 +70,58 @@ def render_on_source(features: np.ndarray, source_features: np.ndarray, f0: np.n
     magnitude = np.maximum(np.abs(song) + changed - same, 0.0)
     moved = (magnitude * np.exp(1j * np.angle(song))).astype(np.complex64)
     return istft(moved, config, num_samples).numpy().astype(np.float32)
+
+
+def render_envelope_ratio(features: np.ndarray, source_features: np.ndarray,
+                          samples: np.ndarray, config: Config) -> np.ndarray:
+    """A change of a song's WORLD envelope applied to the song as a filter: float32 ``(N,)``.
+
+    Every STFT frame of ``samples (N,)`` (``config.n_fft`` / ``config.hop_length``: frame ``t``
+    is centred on WORLD's frame ``t`` at the same hop) is multiplied, bin by bin, by the amplitude
+    ratio of the changed envelope to the song's own, ``sqrt(envelope(features) /
+    envelope(source_features))`` (channel 0 of both ``(T, world_dims, 2)``, unnormalised; the
+    power envelopes read at the STFT's bin frequencies), under the song's phase. The song keeps
+    its harmonics, phase and onsets (its pitch and timing) and each frame takes the changed
+    envelope's formants, tilt and level; nothing is added where the song is silent, and the
+    aperiodicity channel is not used. Equal features give ``samples`` back to float32 precision.
+    """
+    from utils.audio.signal import istft, stft
+
+    samples = np.asarray(samples, np.float32).reshape(-1)
+    song = stft(samples, config).numpy()  # (frames, bins)
+    steps = min(len(features), len(source_features), len(song))
+    ratio = np.sqrt(envelope_spectrum(features[:steps], config)
+                    / envelope_spectrum(source_features[:steps], config))
+    nyquist = config.sampling_rate / 2.0
+    world_hz = np.linspace(0.0, nyquist, ratio.shape[1])
+    stft_hz = np.linspace(0.0, nyquist, song.shape[1])
+    gain = np.ones(song.shape, np.float64)
+    gain[:steps] = _interpolate_rows(ratio, world_hz, stft_hz)
+    return istft((song * gain).astype(np.complex64), config, len(samples)).numpy().astype(
+        np.float32)
+
+
+def _interpolate_rows(values: np.ndarray, at: np.ndarray, to: np.ndarray) -> np.ndarray:
+    """Each row of ``values (T, len(at))``, sampled at the increasing ``at``, linearly
+    interpolated at ``to``: ``(T, len(to))``."""
+    right = np.clip(np.searchsorted(at, to, side="right"), 1, len(at) - 1)
+    left = right - 1
+    weight = np.clip((to - at[left]) / (at[right] - at[left]), 0.0, 1.0)
+    return values[:, left] * (1.0 - weight) + values[:, right] * weight
+
+
+def envelope_ratio(codec: "Codec") -> Renderer:
+    """The renderer of a world checkpoint's envelope change as a filter on the song
+    (:func:`render_envelope_ratio`): what a parallel conversion renders with."""
+    config, stats = codec.config, codec.stats
+
+    def render(x: np.ndarray, song: "SongFeatures") -> np.ndarray:
+        steps = song.num_steps
+        features = stats.denormalize(np.asarray(x, np.float32))[:steps]
+        source = stats.denormalize(np.asarray(song.x, np.float32))[:steps]
+        return render_envelope_ratio(features, source, song.samples, config)
+
+    return render
 
 
 def on_source(codec: "Codec", griffin_lim: bool = False, semitones: float = 0.0) -> Renderer:

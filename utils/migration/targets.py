@@ -120,7 +120,8 @@ class Targets:
         args = self.args
         target = MigrationTarget(singer=args.target_singer,
                                  source_moments=getattr(args, "source_moments", None),
-                                 harmonic_hz=getattr(args, "harmonic_hz", None))
+                                 harmonic_hz=getattr(args, "harmonic_hz", None),
+                                 temperature=getattr(args, "temperature", None))
         if method_class(args.method).reference == BINS:
             if self._bins is None:
                 self._bins = bin_stats(self.reference.folder, codec, self.console)

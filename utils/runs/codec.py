@@ -130,6 +130,9 @@ class SingerConditioning:
         argmin (:meth:`classify`)."""
         if not self.singers:
             self.singer_id("")  # refuses, naming why
+        if getattr(self.model, "parallel", False):
+            raise MigrationError(f"a parallel checkpoint models its target singers given its "
+                                 f"source singer, {self.singers[0]}: it does not classify songs")
         song = self.features(samples)
         patches = list(iter_patches(song.x[:max(song.num_steps, 1)], self.config.input_shape[0]))
         dims = float(np.prod(self.config.input_shape))
@@ -233,6 +236,17 @@ class Codec(SingerConditioning):
                 "afterwards", stacklevel=2)
         return samples
 
+    @property
+    def parallel(self) -> bool:
+        """Whether the checkpoint is a parallel model (a flow of a target singer's frames given
+        the source's: :mod:`utils.flow.context_norm`)."""
+        return bool(getattr(self.model, "parallel", False))
+
+    def own_context(self, x: np.ndarray) -> Optional[np.ndarray]:
+        """What a parallel model encodes and decodes ``x`` given, outside a conversion: its own
+        frames (so that decode(encode(x)) is still x); None for every other model."""
+        return x if self.parallel else None
+
     # ---------------------------------------------------------------- the whole song at once
     def encode(self, samples: np.ndarray) -> EncodedSong:
         """Encode a whole song ``samples (N,)`` in one model call.
@@ -241,7 +255,8 @@ class Codec(SingerConditioning):
         long songs use :meth:`transform`, which works in segments and chunks.
         """
         song = self.features(samples)
-        z, logdet = self.model.encode(song.x[None], self._batch_condition(1))
+        z, logdet = self.model.encode(song.x[None], self._batch_condition(1),
+                                      self.own_context(song.x[None]))
         return EncodedSong(z.numpy()[0], float(logdet.numpy()[0]), song)
 
     def decode(self, z: np.ndarray, song: SongFeatures, use_phase: bool = True) -> np.ndarray:
@@ -249,7 +264,7 @@ class Codec(SingerConditioning):
         :meth:`encode`'s for ``song``; with the source phase (``use_phase``) ``decode(encode(s))``
         is ``s`` to float32 precision, else the magnitudes are inverted with Griffin-Lim."""
         x = self.model.decode(np.asarray(z, np.float32).reshape(1, -1),
-                              self._batch_condition(1)).numpy()[0]
+                              self._batch_condition(1), self.own_context(song.x[None])).numpy()[0]
         return self.to_audio(x, song, use_phase=use_phase)
 
     # ---------------------------------------------------------------- segments and chunks
@@ -268,6 +283,7 @@ class Codec(SingerConditioning):
         segment_seconds: Optional[float] = None,
         segment_overlap_seconds: Optional[float] = None,
         decode_condition: Optional[np.ndarray] = None,
+        through: Optional[Callable[[np.ndarray, int, int, int], np.ndarray]] = None,
     ) -> np.ndarray:
         """encode -> ``move(z)`` -> decode a whole song; returns ``(N,)`` float32 samples.
 
@@ -298,6 +314,10 @@ class Codec(SingerConditioning):
                 :data:`~utils.runs.song_chunks.SEGMENT_OVERLAP_SECONDS`).
             decode_condition: a conditional model's conditioning vector ``(singer_dims,)`` to
                 decode under instead of :attr:`singer`'s (a conversion).
+            through: what a segment's (prepared) features go through instead of encode ->
+                ``move`` -> decode: ``(x (T, W, C), chunk steps, overlap steps, batch size)`` ->
+                features of the same shape (a parallel model's draw under the source's frames,
+                :func:`~utils.runs.song_chunks.draw_given`).
 
         Returns:
             exactly ``N`` samples; with ``move=None`` and the source phase, the song to float32
@@ -319,8 +339,11 @@ class Codec(SingerConditioning):
         def render_segment(piece: np.ndarray) -> np.ndarray:
             song = self.features(piece)
             x, finish = prepare(song.x) if prepare is not None else (song.x, None)
-            x = transform_features(self.model, x, move, chunk, chunk_overlap, batch_size,
-                                   self.condition, decode_condition)
+            if through is not None:
+                x = through(x, chunk, chunk_overlap, batch_size)
+            else:
+                x = transform_features(self.model, x, move, chunk, chunk_overlap, batch_size,
+                                       self.condition, decode_condition, self.parallel)
             if finish is not None:
                 x = finish(x)
             return render(x, song)
@@ -340,8 +363,9 @@ class Codec(SingerConditioning):
         tail is dropped; a song shorter than a patch gives one padded patch)."""
         song = self.features(samples)
         patches = iter_patches(song.x[:max(song.num_steps, 1)], self.config.input_shape[0])
-        return np.concatenate([self.model.encode(batch, self._batch_condition(len(batch)))[0]
-                               .numpy() for batch in batched(patches, batch_size)])
+        return np.concatenate([self.model.encode(batch, self._batch_condition(len(batch)),
+                                                 self.own_context(batch))[0].numpy()
+                               for batch in batched(patches, batch_size)])
 
     def patch_latent_stats(self, batches: Iterable, stats: Optional[LatentStats] = None
                            ) -> LatentStats:
@@ -354,7 +378,8 @@ class Codec(SingerConditioning):
             stats.weights = weights_fingerprint(self.model)
         for batch in batches:
             batch = np.asarray(batch, dtype=np.float32)
-            z, _ = self.model.encode(batch, self._batch_condition(len(batch)))
+            z, _ = self.model.encode(batch, self._batch_condition(len(batch)),
+                                     self.own_context(batch))
             stats.update(z.numpy(), batch.shape[1])
             stats.update_features(batch)
         return stats

@@ -107,6 +107,7 @@ def transform_features(
     batch_size: int = 8,
     encode_condition: Optional[np.ndarray] = None,
     decode_condition: Optional[np.ndarray] = None,
+    own_context: bool = False,
 ) -> np.ndarray:
     """Encode -> ``latent_fn`` -> decode a whole song's features in overlapping chunks.
 
@@ -121,12 +122,52 @@ def transform_features(
         encode_condition, decode_condition: a singer-conditional model's conditioning vectors
             ``(singer_dims,)`` to encode and to decode under (``None`` for an unconditional
             model); decoding under another singer than the one encoded under converts.
+        own_context: a parallel model encodes and decodes each chunk given its own frames.
 
     Returns:
         (T, W, C) float32 features, every step covered; memory beyond ``x`` and the output is
         ``batch_size`` chunks. Non-finite decodes are passed through (see
         :func:`utils.migration.latent_moves.bound_features`).
     """
+    def through(chunks: np.ndarray) -> np.ndarray:
+        # An unconditional model is called without a singer (any Glow-like model will do).
+        encode_args = () if encode_condition is None else (
+            _repeat(encode_condition, len(chunks)),)
+        decode_args = () if decode_condition is None else (
+            _repeat(decode_condition, len(chunks)),)
+        context = (chunks,) if own_context else ()
+        z = model.encode(chunks, *encode_args, *context)[0].numpy()
+        if latent_fn is not None:
+            z = np.asarray(latent_fn(z), dtype=np.float32)
+        return model.decode(z, *decode_args, *context).numpy()
+
+    return over_chunks(x, through, chunk_steps, overlap_steps, batch_size)
+
+
+def draw_given(model, context: np.ndarray, condition: np.ndarray, temperature: float,
+               chunk_steps: int, overlap_steps: int, batch_size: int = 8,
+               seed: int = 0) -> np.ndarray:
+    """A parallel model's draw of the target singer's frames under a whole song's source frames
+    ``context (T, W, C)``, in overlapping chunks: each chunk decodes ``temperature * eps``
+    (``eps ~ N(0, I)``, drawn from ``seed`` chunk by chunk, so the same call gives the same
+    draw) under the conditioning vector ``condition (singer_dims,)`` and its chunk of
+    ``context``; returns ``(T, W, C)`` float32 (normalised, as ``context``)."""
+    rng = np.random.default_rng(seed)
+
+    def through(chunks: np.ndarray) -> np.ndarray:
+        eps = rng.standard_normal((len(chunks), int(np.prod(chunks.shape[1:]))))
+        return model.decode((float(temperature) * eps).astype(np.float32),
+                            _repeat(condition, len(chunks)), chunks).numpy()
+
+    return over_chunks(context, through, chunk_steps, overlap_steps, batch_size)
+
+
+def over_chunks(x: np.ndarray, through: Callable[[np.ndarray], np.ndarray], chunk_steps: int,
+                overlap_steps: int, batch_size: int = 8) -> np.ndarray:
+    """``x (T, W, C)`` cut into chunks of ``chunk_steps`` (:func:`chunk_plan`; padded at the
+    end), passed ``batch_size`` at a time ``(B, chunk_steps, W, C)`` through ``through`` (which
+    returns the same shape) and stitched back with complementary crossfades over the
+    ``overlap_steps`` they share: ``(T, W, C)`` float32."""
     x = np.asarray(x, dtype=np.float32)
     total = len(x)
     if total < 1:
@@ -136,17 +177,7 @@ def transform_features(
     out = np.zeros_like(padded)
     for begin in range(0, len(starts), batch_size):
         batch_starts = starts[begin:begin + batch_size]
-        chunks = np.stack([padded[s:s + chunk_steps] for s in batch_starts])
-        # An unconditional model is called without a singer (any Glow-like model will do).
-        encode_args = () if encode_condition is None else (
-            _repeat(encode_condition, len(chunks)),)
-        decode_args = () if decode_condition is None else (
-            _repeat(decode_condition, len(chunks)),)
-        z, _ = model.encode(chunks, *encode_args)
-        z = z.numpy()
-        if latent_fn is not None:
-            z = np.asarray(latent_fn(z), dtype=np.float32)
-        decoded = model.decode(z, *decode_args).numpy()
+        decoded = through(np.stack([padded[s:s + chunk_steps] for s in batch_starts]))
         # A latent moved far off the data can decode to inf/nan; that stays visible in the
         # output (for a method's bound to replace) instead of raising here.
         with np.errstate(invalid="ignore", over="ignore"):

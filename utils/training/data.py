@@ -22,6 +22,7 @@ warning when only reading them.
 from __future__ import annotations
 
 import dataclasses
+import os
 import zlib
 from typing import Callable, Optional, Tuple
 
@@ -31,7 +32,9 @@ import tensorflow as tf
 from common_definitions import Config
 from data_loader import Records, SongDataLoader
 from utils.audio.features import FeatureStats
+from utils.data.parallel import ParallelPairs, find_pairs, load_features
 from utils.data.records_writer import outputs_inside
+from utils.data.shards import DataError
 from utils.runs.run_folder import (
     CheckpointMismatch,
     check_checkpoint_dir,
@@ -49,13 +52,19 @@ from utils.training.validation import ValidationSplit, settle_split
 class TrainingData:
     """The records a run trains on (None for a run fed batches by hand, e.g. a benchmark), the
     :class:`FeatureStats` its patches are normalised with, for a conditional model its singer
-    map (names in id order; empty when unconditional), and the songs it holds out for
-    validation (:class:`~utils.training.validation.ValidationSplit`; none by default)."""
+    map (names in id order; empty when unconditional; a parallel run's source singer first), the
+    songs it holds out for validation (:class:`~utils.training.validation.ValidationSplit`; none
+    by default) and, for a parallel run, its aligned pairs
+    (:class:`~utils.data.parallel.ParallelPairs`), whose batches are ``(target patches, target
+    singer ids, source patches)``."""
 
     records: Optional[Records]
     stats: FeatureStats
     singers: Tuple[str, ...] = ()
     split: ValidationSplit = ValidationSplit()
+    # A parallel run's aligned pairs of training songs and of held-out songs.
+    pairs: Optional[ParallelPairs] = None
+    held_pairs: Optional[ParallelPairs] = None
 
     @property
     def training_songs(self) -> Optional[Tuple[str, ...]]:
@@ -66,6 +75,8 @@ class TrainingData:
         """Endless training batches seeded by ``seed`` from the training songs: patches
         ``(B, H, W, C)`` normalised with :attr:`stats`, and for a conditional run
         ``(patches, singer ids (B,) int32)``."""
+        if self.pairs is not None:
+            return self.pairs.training_dataset(self.stats, config, seed)
         if self.records is None:
             raise ValueError("this run was given no records; feed it batches by hand")
         songs = self.training_songs
@@ -86,19 +97,20 @@ class TrainingData:
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return self.batches(config, zlib.crc32(key) & 0x7FFFFFFF).with_options(options)
 
-    def first_batches(self, config: Config, count: int) -> Tuple[np.ndarray, np.ndarray]:
+    def first_batches(self, config: Config, count: int) -> Tuple[np.ndarray, ...]:
         """The first ``count`` batches under ``config.seed`` (conditional data), concatenated:
-        ``(x, ids)`` numpy arrays, the same on every worker."""
-        xs, ids = [], []
-        for x, singer in self.batches(config, config.seed).take(count):
-            xs.append(x.numpy())
-            ids.append(singer.numpy())
-        return np.concatenate(xs), np.concatenate(ids)
+        ``(x, ids)`` numpy arrays (``(x, ids, context)`` parallel), the same on every worker."""
+        batches = [tuple(part.numpy() for part in batch)
+                   for batch in self.batches(config, config.seed).take(count)]
+        return tuple(np.concatenate(parts) for parts in zip(*batches))
 
     def validation_batches(self, config: Config) -> Optional[tf.data.Dataset]:
         """One pass over every aligned patch of the held-out songs, in batches of
         ``config.batch_size`` (the last may be smaller), shaped as :meth:`batches`; None when
         none is held out (or none of them is in the records any more)."""
+        if self.pairs is not None:
+            held = self.held_pairs
+            return None if held is None else held.evaluation_dataset(self.stats, config)
         held = () if self.records is None else self.split.present(self.records)
         if not held:
             return None
@@ -164,7 +176,42 @@ def prepare_training_data(config: Config, collectives: Collectives,
         if chief:
             log(f"normalising with the feature statistics of --init_from {source} "
                 "(--renormalize: this run's training songs' own)")
-    return TrainingData(records, own if saved is None else saved, singers, split)
+    stats = own if saved is None else saved
+    if not config.parallel:
+        return TrainingData(records, stats, singers, split)
+    training, held = parallel_pairs(records, singers, split, log if chief else (lambda _: None))
+    return TrainingData(records, stats, singers, split, training, held)
+
+
+def parallel_pairs(records: Records, singers: Tuple[str, ...], split: ValidationSplit,
+                   log: Callable[[str], None]):
+    """A parallel run's aligned pairs: ``(training pairs, held-out pairs or None)``, from the
+    songs of the source singer (``singers[0]``) and each other singer's of the same name; a pair
+    is held out when both its songs are, trained on when neither is (a pair split by the
+    validation split is left out, with a notice).
+
+    Raises:
+        DataError: no training pair (see :func:`utils.data.parallel.find_pairs`).
+    """
+    source = singers[0]
+    trained = set(split.training_songs(records) or records.song_labels)
+    everything = find_pairs(records.song_labels, source)
+    ids = {name: index for index, name in enumerate(singers)}
+    sides = {"train": [], "held": [], "split": []}
+    for pair in everything:
+        inside = (pair[0] in trained) + (pair[1] in trained)
+        sides[{2: "train", 0: "held", 1: "split"}[inside]].append(pair)
+    if not sides["train"]:
+        raise DataError(f"every parallel pair of {source!r} is held out for validation: lower "
+                        "--validation_split or add pairs")
+    features = load_features(records, {p for pair in everything for p in pair[:2]})
+    aligned = {side: ParallelPairs.align(features, pairs, ids, records.config)
+               for side, pairs in sides.items() if side != "split" and pairs}
+    log(f"parallel: {len(sides['train'])} pair(s) of {source} with "
+        f"{', '.join(s for s in singers[1:])} to train on, {len(sides['held'])} held out"
+        + (f", {len(sides['split'])} left out (one song of each held out)" if sides["split"]
+           else ""))
+    return aligned["train"], aligned.get("held")
 
 
 def run_outputs(config: Config) -> Tuple[Tuple[str, str], ...]:
@@ -177,6 +224,24 @@ def _same(a: FeatureStats, b: FeatureStats) -> bool:
     return bool(np.array_equal(a.mean, b.mean) and np.array_equal(a.std, b.std))
 
 
+def parallel_singers(config: Config, labels: Tuple[str, ...]) -> Tuple[str, ...]:
+    """A fresh parallel run's singer map: the first ``--data_dir``'s singer (the source) first,
+    then the others in sorted order.
+
+    Raises:
+        DataError: no ``--data_dir`` (nothing names the source), or its singer is not in the
+            records.
+    """
+    if not config.data_dirs:
+        raise DataError("--parallel needs --data_dir folders: the first one names the source "
+                        "singer")
+    source = os.path.basename(os.path.normpath(os.path.abspath(config.data_dirs[0])))
+    if source not in labels:
+        raise DataError(f"the parallel source singer {source!r} (the first --data_dir) has no "
+                        "song in the records")
+    return (source,) + tuple(label for label in labels if label != source)
+
+
 def _singers(config: Config, records: Records, resuming: bool,
              source: Optional[str]) -> Tuple[str, ...]:
     """The singer map of a conditional run: the checkpoint's when it resumes, ``--init_from``'s
@@ -187,6 +252,8 @@ def _singers(config: Config, records: Records, resuming: bool,
     if saved is None and source is not None:
         raise CheckpointMismatch(f"--init_from {source} is a conditional run without its "
                                  "singers.json")
+    if saved is None and config.parallel:
+        return parallel_singers(config, records.labels)
     if saved is None:
         return records.labels
     check_singers(saved, records.labels, folder)

@@ -62,12 +62,13 @@ class MixedPrecision:
             self.loss_scale = tf.Variable(INITIAL_LOSS_SCALE, name="loss_scale", **kept)
             self._good_steps = tf.Variable(0, dtype=tf.int64, name="good_steps", **kept)
 
-    def encode(self, model, x, singer=None):
+    def encode(self, model, x, singer=None, context=None):
         """The train step's ``(z (B, D), logdet (B,) nats)`` of ``x``: :meth:`Glow.encode` when
-        off, else :meth:`Glow.train_encode` in :attr:`dtype`."""
+        off, else :meth:`Glow.train_encode` in :attr:`dtype` (``context``: a parallel model's
+        source frames)."""
         if self.dtype == tf.float32:
-            return model.encode(x, singer)
-        return model.train_encode(x, singer, compute_dtype=self.dtype)
+            return model.encode(x, singer, context)
+        return model.train_encode(x, singer, compute_dtype=self.dtype, context=context)
 
     def scale_loss(self, loss: tf.Tensor) -> tf.Tensor:
         """The loss the gradient is taken of (multiplied by the loss scale for fp16)."""

@@ -50,10 +50,12 @@ class Clips:
     sample: np.ndarray
 
 
-def summary_clip(records, config: Config) -> Tuple[np.ndarray, str]:
+def summary_clip(records, config: Config, label: Optional[str] = None
+                 ) -> Tuple[np.ndarray, str]:
     """``SUMMARY_SECONDS`` (or all, when shorter) from the middle of the first song of
-    ``records`` (a :class:`~utils.data.records.Records`), float32, and the song's label."""
-    song = next(iter(records.songs()))
+    ``records`` (a :class:`~utils.data.records.Records`; of the singer ``label`` when given),
+    float32, and the song's label."""
+    song = next(s for s in records.songs() if label is None or s.label == label)
     length = min(len(song.samples), int(SUMMARY_SECONDS * config.sampling_rate))
     start = (len(song.samples) - length) // 2
     return np.asarray(song.samples[start:start + length], np.float32), song.label
@@ -62,15 +64,20 @@ def summary_clip(records, config: Config) -> Tuple[np.ndarray, str]:
 def make_clips(model, config: Config, stats: FeatureStats, original: np.ndarray,
                singer: Optional[int] = None) -> Clips:
     """Reconstruct ``original`` (with its phase) and draw a sample of the same length, under
-    the singer id ``singer`` for a conditional model."""
+    the singer id ``singer`` for a conditional model. A parallel model (``original`` a song of
+    its source singer, id 0) reconstructs it given its own frames, and its sample is the song's
+    conversion to the first other singer (id 1): a draw under the song's frames, with its F0."""
     features = song_to_features(original, config, stats)
     ids = None if singer is None else tf.constant([singer])
-    z, _ = model.encode(features.x[None], ids)
-    rebuilt = model.decode(z, ids)[0].numpy()
+    parallel = getattr(model, "parallel", False)
+    context = features.x[None] if parallel else None
+    z, _ = model.encode(features.x[None], ids, context)
+    rebuilt = model.decode(z, ids, context)[0].numpy()
     reconstruction = features_to_song(rebuilt, config, stats, song=features, use_phase=True)
     drawn = model.sample(1, temperature=config.temperature, time_steps=features.x.shape[0],
-                         seed=config.seed, singer=ids)[0].numpy()
-    sample = features_to_song(drawn, config, stats)
+                         seed=config.seed, singer=tf.constant([1]) if parallel else ids,
+                         context=context)[0].numpy()
+    sample = features_to_song(drawn, config, stats, song=features if parallel else None)
     clip = lambda a: np.clip(np.nan_to_num(np.asarray(a, np.float32)), -1.0, 1.0)  # noqa: E731
     return Clips(clip(original), clip(reconstruction), clip(sample))
 
@@ -187,7 +194,8 @@ class TrainingReport:
         """A reconstruction and a sample of ``SUMMARY_SECONDS`` from the middle of the first
         song of ``data`` (the run's :class:`utils.training.data.TrainingData`: its records,
         normalisation and singer ids) through ``model``."""
-        self._clip = self._clip or summary_clip(data.records, self.config)
+        source = data.singers[0] if data.pairs is not None else None
+        self._clip = self._clip or summary_clip(data.records, self.config, source)
         samples, label = self._clip
         return make_clips(model, self.config, data.stats, samples, data.singer_id(label))
 

@@ -110,18 +110,22 @@ class ValidationSplit:
                 f"{len(records.song_labels)}, by {how}; never trained on")
 
 
-def _rank_key(path: str, label: str) -> Tuple[str, str]:
-    """Where a song falls in its label's hash order: by label and file name, then path."""
-    name = f"{label}/{os.path.basename(path)}".encode("utf-8", "surrogateescape")
-    return hashlib.sha256(name).hexdigest(), path
+def _rank_key(path: str, label: Optional[str]) -> Tuple[str, str]:
+    """Where a song falls in its label's hash order: by label and file name, then path; with no
+    label, by the file name without its extension alone (the same rank in every label)."""
+    base = os.path.basename(path)
+    name = f"{label}/{base}" if label is not None else os.path.splitext(base)[0]
+    return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest(), path
 
 
-def held_out_per_label(song_labels: Dict[str, str], fraction: float) -> Tuple[str, ...]:
+def held_out_per_label(song_labels: Dict[str, str], fraction: float, paired: bool = False
+                       ) -> Tuple[str, ...]:
     """The songs a ``fraction`` split holds out of ``song_labels`` (path -> label), sorted.
 
     A label of ``n >= 2`` songs gives ``min(n - 1, max(1, floor(fraction * n + 0.5)))`` of its
     songs (the first in hash order, :func:`_rank_key`); a label of one song gives none. Nothing
-    is held out when ``fraction`` is 0.
+    is held out when ``fraction`` is 0. ``paired`` (a parallel run) ranks by file name alone, so
+    the renditions of one melody in singers' folders of the same songs are held out together.
     """
     if fraction <= 0:
         return ()
@@ -133,7 +137,7 @@ def held_out_per_label(song_labels: Dict[str, str], fraction: float) -> Tuple[st
         if len(paths) < 2:
             continue
         count = min(len(paths) - 1, max(1, math.floor(fraction * len(paths) + 0.5)))
-        held.extend(sorted(paths, key=lambda p: _rank_key(p, label))[:count])
+        held.extend(sorted(paths, key=lambda p: _rank_key(p, None if paired else label))[:count])
     return tuple(sorted(held))
 
 
@@ -163,7 +167,8 @@ def choose_split(config: Config, records) -> ValidationSplit:
         split = ValidationSplit(tuple(sorted(set(held))), "dirs", 0.0,
                                 tuple(config.validation_dirs))
     elif config.validation_split > 0:
-        split = ValidationSplit(held_out_per_label(labels, config.validation_split), "split",
+        split = ValidationSplit(held_out_per_label(labels, config.validation_split,
+                                                   config.parallel), "split",
                                 float(config.validation_split))
     else:
         return ValidationSplit()
@@ -236,7 +241,7 @@ class Validator:
         model: the :class:`model.Glow` (its float32 ``encode``).
         config: the run's configuration (``dims`` is the D of bits/dim).
         dataset: one pass of held-out batches ``(B, H, W, C)`` (with singer ids ``(B,)`` for a
-            conditional model), e.g. :meth:`utils.training.data.TrainingData.validation_batches`.
+            conditional model, and the source's frames for a parallel one), e.g. :meth:`utils.training.data.TrainingData.validation_batches`.
         collectives: the run's :class:`utils.training.distribute.Collectives`.
     """
 
@@ -254,8 +259,9 @@ class Validator:
         total = tf.constant(0.0, tf.float64)
         count = tf.constant(0.0, tf.float64)
         for batch in self.dataset:
-            x, singer = batch if self._labelled else (batch, None)
-            z, logdet = self.model.encode(x, singer)
+            # (x), (x, singer ids) or a parallel run's (x, singer ids, source frames).
+            x, *given = batch if self._labelled else (batch,)
+            z, logdet = self.model.encode(x, *given)
             bits = -(standard_normal_log_prob(z) + logdet) / (self.config.dims * LN2)
             total += tf.reduce_sum(tf.cast(bits, tf.float64))
             count += tf.cast(tf.shape(bits)[0], tf.float64)
